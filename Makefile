@@ -1,0 +1,55 @@
+# kioskvoice: every target installs what it needs on a fresh Debian 12 / Raspberry Pi OS machine
+# (apt packages via sudo when not root, a virtualenv in .venv), then runs. Re-runs skip work that
+# is already done: the venv is rebuilt only when pyproject.toml changes.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := portaudio19-dev libspeexdsp-dev libsystemd-dev swig pkg-config gcc \
+	python3-dev python3-venv espeak-ng
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help system-deps venv demo test lint bench clean
+
+help:
+	@echo "make demo   - the whole kiosk against the embedded Realtime simulator (no network/hardware)"
+	@echo "make test   - install everything, then lint and run the test suite"
+	@echo "make bench  - print speed and quality figures"
+
+# Install only the Debian packages that are missing; apt-get update only when something is.
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(MAKE) --no-print-directory system-deps
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+venv: system-deps $(VENV)/.installed
+
+demo: venv
+	$(BIN)/kioskvoice demo
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/pytest
+
+bench: venv
+	$(BIN)/python -m kioskvoice.dsp.bench_speex
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build device/*.egg-info
