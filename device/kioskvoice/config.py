@@ -1,0 +1,318 @@
+"""The kiosk's settings: one frozen model per concern, loaded from layered sources.
+
+Sources, lowest to highest priority:
+
+1. defaults (below),
+2. the TOML file (``--config PATH``; default ``/etc/kioskvoice/kioskvoice.toml``; a missing
+   *default* file means defaults, a missing *explicit* file is an error),
+3. systemd credentials: a file ``$CREDENTIALS_DIRECTORY/<section>.<key>`` for each secret key
+   (``realtime.api_key``, ``realtime.device_token``), so secrets need not sit in the TOML file,
+4. environment variables ``KIOSKVOICE_<SECTION>__<KEY>``.
+
+Every problem becomes one :class:`~kioskvoice.errors.ConfigError` whose message is a single line
+naming the offending key; secret values never appear in it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/kioskvoice/kioskvoice.toml")
+ENV_PREFIX = "KIOSKVOICE_"
+ENV_DELIMITER = "__"
+
+Voice = Literal[
+    "alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class RealtimeSettings(_Section):
+    """How to reach the Realtime speech-to-speech model."""
+
+    url: str = "wss://api.openai.com/v1/realtime"
+    """WebSocket URL of the Realtime endpoint (``ws://`` only for loopback testing)."""
+    model: str = "gpt-realtime"
+    """Model id, sent as the ``model`` query parameter."""
+    voice: Voice = "marin"
+    """Voice of the replies; fixed once the model has spoken in a session."""
+    instructions: str = (
+        "You are a friendly voice assistant in a public kiosk. Answer briefly, in one to three "
+        "short sentences, in the language the visitor speaks."
+    )
+    """System instructions for every session."""
+    auth: Literal["bearer", "api-key"] = "bearer"
+    """``bearer`` sends ``Authorization: Bearer <key>`` (OpenAI); ``api-key`` sends an
+    ``api-key`` header (Azure OpenAI)."""
+    api_key: SecretStr | None = None
+    """Static API key. Prefer a systemd credential named ``realtime.api_key``."""
+    connect_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    """Time allowed for the WebSocket handshake and the session setup."""
+    transcribe_input: bool = True
+    """Ask the server to transcribe what the visitor said (for logs and context replay)."""
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not value.startswith(("wss://", "ws://")):
+            raise ValueError("must start with wss:// (or ws:// for a local simulator)")
+        return value
+
+
+class AudioSettings(_Section):
+    """Microphone and speaker."""
+
+    input_device: str = "default"
+    """Capture device: a PortAudio device name (case-insensitive substring) or ``wav:PATH``
+    (the file is looped, paced in real time)."""
+    output_device: str = "default"
+    """Playback device: a PortAudio device name or ``wav:PATH`` (a WAV file of everything
+    played, valid at any stop)."""
+    input_channels: Annotated[int, Field(ge=1, le=16)] = 1
+    """Channels to open on the capture device (ReSpeaker USB 4-mic, 6-channel firmware: 6)."""
+    channel: Annotated[int, Field(ge=0, le=15)] = 0
+    """Which captured channel carries the voice (ReSpeaker: 0 is the processed channel)."""
+    sample_rate: Literal[16000, 24000, 48000] = 16000
+    """Capture rate in Hz; the DSP runs at this rate and resamples to 24 kHz for the model."""
+    frame_ms: Literal[10, 20] = 20
+    """Block length of the audio loop in milliseconds."""
+    max_turn_s: Annotated[float, Field(gt=0, le=300)] = 30.0
+    """A push held longer than this ends the turn by itself."""
+
+    @model_validator(mode="after")
+    def _channel_in_range(self) -> AudioSettings:
+        if self.channel >= self.input_channels:
+            raise ValueError(
+                f"channel={self.channel} needs input_channels > {self.channel} "
+                f"(input_channels={self.input_channels})"
+            )
+        return self
+
+
+class InteractionSettings(_Section):
+    """How visitors talk to the kiosk."""
+
+    mode: Literal["push_to_talk"] = "push_to_talk"
+    """Interaction mode. Push-to-talk: hold the button while speaking."""
+    min_turn_ms: Annotated[int, Field(ge=100, le=5000)] = 250
+    """A press shorter than this is a tap: nothing is sent (the server rejects < 100 ms)."""
+
+
+class GpioSettings(_Section):
+    """Buttons and LEDs (BCM pin numbers)."""
+
+    button_pin: Annotated[int, Field(ge=0, le=27)] | None = 17
+    """Push-to-talk button (to ground, internal pull-up); unset for no button."""
+    button_active_low: bool = True
+    """True when the button connects the pin to ground (pull-up wiring)."""
+    status_led_pin: Annotated[int, Field(ge=0, le=27)] | None = None
+    """Optional status LED (through a resistor to ground)."""
+
+    @model_validator(mode="after")
+    def _distinct_pins(self) -> GpioSettings:
+        if self.button_pin is not None and self.button_pin == self.status_led_pin:
+            raise ValueError(f"button_pin and status_led_pin are both {self.button_pin}")
+        return self
+
+
+class ControlSettings(_Section):
+    """The local control socket used by ``kioskvoice ctl``."""
+
+    socket: Path = Path("/run/kioskvoice/control.sock")
+    """Unix socket path (created mode 0660)."""
+
+
+class LoggingSettings(_Section):
+    """Where and what to log."""
+
+    target: Literal["auto", "journal", "stderr"] = "auto"
+    """``auto``: journald when started by systemd (``$JOURNAL_STREAM``), else stderr."""
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    """Lowest level logged."""
+    transcripts: bool = False
+    """Log what visitors and the kiosk said. Off by default: visitors' privacy."""
+
+
+class Settings(BaseSettings):
+    """The effective kiosk configuration (immutable)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_DELIMITER,
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=True,
+    )
+
+    realtime: RealtimeSettings = RealtimeSettings()
+    audio: AudioSettings = AudioSettings()
+    interaction: InteractionSettings = InteractionSettings()
+    gpio: GpioSettings = GpioSettings()
+    control: ControlSettings = ControlSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # First wins. The TOML file and credentials arrive as init kwargs (already merged by
+        # load_config), so that the environment overrides them.
+        return (env_settings, init_settings)
+
+
+def secret_keys() -> list[tuple[str, str]]:
+    """Every ``(section, key)`` whose value is a secret (typed ``SecretStr``)."""
+    out = []
+    for section, field in Settings.model_fields.items():
+        model = field.annotation
+        for key, sub in model.model_fields.items():  # type: ignore[union-attr]
+            if "SecretStr" in str(sub.annotation):
+                out.append((section, key))
+    return out
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config error: {path}: invalid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config error: {path}: cannot read: {exc.strerror}") from None
+
+
+def _read_credentials(directory: str | None) -> dict[str, dict[str, str]]:
+    """Secrets from systemd's ``$CREDENTIALS_DIRECTORY`` (``LoadCredential=realtime.api_key``)."""
+    if not directory:
+        return {}
+    out: dict[str, dict[str, str]] = {}
+    for section, key in secret_keys():
+        path = Path(directory) / f"{section}.{key}"
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            continue
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"config error: {section}.{key}: cannot read credential {path}: {exc}"
+            ) from None
+        if value:
+            out.setdefault(section, {})[key] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(error: Mapping[str, Any], env: Mapping[str, str]) -> str:
+    loc = [str(p) for p in error["loc"]]
+    key = ".".join(loc) or "(top level)"
+    msg = error["msg"]
+    if error["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif msg.startswith("Value error, "):
+        msg = msg.removeprefix("Value error, ")
+    secret = tuple(loc[:2]) in secret_keys()
+    if not secret and error["type"] != "extra_forbidden" and "input" in error:
+        shown = json.dumps(error["input"], default=str)
+        msg += f" (got {shown[:60]})"
+    env_name = ENV_PREFIX + ENV_DELIMITER.join(p.upper() for p in loc)
+    if env_name in {k.upper() for k in env}:
+        msg += f" [from ${env_name}]"
+    return f"{key}: {msg}"
+
+
+def _check_env_names(env: Mapping[str, str]) -> None:
+    # pydantic-settings ignores KIOSKVOICE_* names that match no section; a typo there must
+    # not pass silently (unknown keys *inside* a section are caught by extra="forbid").
+    for name in env:
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX):
+            continue
+        parts = upper[len(ENV_PREFIX) :].split(ENV_DELIMITER)
+        if len(parts) != 2 or parts[0].lower() not in Settings.model_fields:
+            raise ConfigError(
+                f"config error: ${name}: unknown setting "
+                f"(expected {ENV_PREFIX}<SECTION>{ENV_DELIMITER}<KEY>, sections: "
+                f"{', '.join(Settings.model_fields)})"
+            )
+
+
+def load_config(path: Path | str | None = None) -> Settings:
+    """Load and validate the configuration.
+
+    ``path`` None means the default path, which may be absent. ``KIOSKVOICE_*`` and
+    ``CREDENTIALS_DIRECTORY`` are read from the process environment.
+    Raises :class:`ConfigError` with a one-line message naming each offending key.
+    """
+    env = os.environ
+    _check_env_names(env)
+    explicit = path is not None
+    path = Path(path) if explicit else DEFAULT_CONFIG_PATH
+    data: dict[str, Any] = {}
+    if explicit or path.exists():
+        data = _read_toml(path)
+    data = _merge(data, _read_credentials(env.get("CREDENTIALS_DIRECTORY")))
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e, env) for e in exc.errors())
+        raise ConfigError(f"config error: {problems}") from None
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def render_toml(settings: Settings) -> str:
+    """The effective configuration as TOML, secrets masked; unset keys shown as comments."""
+    dumped = settings.model_dump(mode="json")
+    lines: list[str] = []
+    for section, values in dumped.items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            if value is None:
+                lines.append(f"# {key} = (unset)")
+            else:
+                lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
