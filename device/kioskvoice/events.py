@@ -1,0 +1,178 @@
+"""Typed events into the kiosk state machine and the actions it asks for.
+
+All are small frozen dataclasses: no sockets, threads or clocks. Times are monotonic seconds
+passed in by the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class State(StrEnum):
+    """What the kiosk is doing, as shown on the LEDs and in ``ctl status``."""
+
+    IDLE = "idle"
+    LISTENING = "listening"
+    THINKING = "thinking"
+    SPEAKING = "speaking"
+    OFFLINE = "offline"
+    ERROR = "error"
+
+
+class LinkState(StrEnum):
+    """The Realtime link as reported by ``ctl status``."""
+
+    CONNECTED = "connected"
+    CONNECTING = "connecting"
+    DOWN = "down"
+
+
+# --- events -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Press:
+    """The push-to-talk button went down (GPIO or ``ctl press``)."""
+
+    source: str = "button"
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """The push-to-talk button came up."""
+
+    source: str = "button"
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Periodic clock event; ``playback_idle`` is true when the player has nothing left."""
+
+    playback_idle: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class LinkUp:
+    """A configured Realtime session is ready for turns."""
+
+    session_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkDown:
+    """The link is gone and being re-established."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkFatal:
+    """The link cannot work without an operator (bad key, quota, unknown model)."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseStarted:
+    """``response.created``."""
+
+    response_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyAudio:
+    """A chunk of reply audio, 24 kHz PCM16 mono."""
+
+    response_id: str
+    item_id: str
+    pcm: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseDone:
+    """``response.done`` with its final status (completed, cancelled, failed, incomplete)."""
+
+    response_id: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServerError:
+    """A non-fatal ``error`` event from the server."""
+
+    code: str
+    message: str
+
+
+Event = (
+    Press
+    | Release
+    | Tick
+    | LinkUp
+    | LinkDown
+    | LinkFatal
+    | ResponseStarted
+    | ReplyAudio
+    | ResponseDone
+    | ServerError
+)
+
+
+# --- actions ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OpenMic:
+    """Start streaming captured audio to the model."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommitTurn:
+    """Stop streaming, commit the audio buffer and ask for a response."""
+
+
+@dataclass(frozen=True, slots=True)
+class DiscardTurn:
+    """Stop streaming and clear the server's audio buffer; nothing is answered."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlayAudio:
+    """Queue reply audio on the speaker."""
+
+    item_id: str
+    pcm: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupt:
+    """Barge-in: silence the speaker now, cancel the response if it still runs
+    (``response_id`` None: whichever is in progress), truncate ``item_id`` to what was played,
+    clear the input buffer."""
+
+    response_id: str | None
+    item_id: str | None
+    cancel: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something the visitor or operator should learn: ``too_short``, ``max_turn``,
+    ``unavailable``, ``turn_dropped``, ``no_reply``, ``reply_failed``."""
+
+    kind: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StateChanged:
+    """The kiosk moved from ``old`` to ``new``."""
+
+    old: State
+    new: State
+
+
+Action = OpenMic | CommitTurn | DiscardTurn | PlayAudio | Interrupt | Notice | StateChanged

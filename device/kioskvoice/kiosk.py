@@ -1,0 +1,200 @@
+"""The kiosk's pure state machine: events in, actions out.
+
+It owns no sockets, threads or clocks; the caller passes the monotonic time with each event.
+
+Turn lifecycle (push-to-talk)::
+
+    OFFLINE --LinkUp--> IDLE --Press--> LISTENING --Release--> THINKING
+    THINKING --first ReplyAudio--> SPEAKING --ResponseDone + playback idle--> IDLE
+    THINKING/SPEAKING --Press--> LISTENING (barge-in: Interrupt, then OpenMic)
+    any --LinkDown--> OFFLINE, any --LinkFatal--> ERROR
+"""
+
+from __future__ import annotations
+
+from .events import (
+    Action,
+    CommitTurn,
+    DiscardTurn,
+    Event,
+    Interrupt,
+    LinkDown,
+    LinkFatal,
+    LinkUp,
+    Notice,
+    OpenMic,
+    PlayAudio,
+    Press,
+    Release,
+    ReplyAudio,
+    ResponseDone,
+    ResponseStarted,
+    ServerError,
+    State,
+    StateChanged,
+    Tick,
+)
+
+# Error codes that mean "the turn we just committed will get no reply".
+_TURN_REJECTED = {"input_audio_buffer_commit_empty"}
+
+
+class Kiosk:
+    """Push-to-talk turn logic.
+
+    ``min_turn_s``: a shorter press is a tap and sends nothing. ``max_turn_s``: a longer hold
+    ends the turn by itself (checked on ``Tick``). ``reply_timeout_s``: a committed turn with no
+    response in that time returns to idle with a ``no_reply`` notice, so the kiosk never hangs
+    in THINKING.
+    """
+
+    def __init__(
+        self, *, min_turn_s: float = 0.25, max_turn_s: float = 30.0, reply_timeout_s: float = 20.0
+    ) -> None:
+        self.min_turn_s = min_turn_s
+        self.max_turn_s = max_turn_s
+        self.reply_timeout_s = reply_timeout_s
+        self.state = State.OFFLINE
+        self._pressed_at = 0.0
+        self._committed_at = 0.0
+        self._awaiting_response = False
+        self._response_id: str | None = None
+        self._response_done = False
+        self._audio_item: str | None = None
+        self._handlers = {
+            Press: self._on_press,
+            Release: self._on_release,
+            Tick: self._on_tick,
+            LinkUp: self._on_link_up,
+            LinkDown: self._on_link_down,
+            LinkFatal: self._on_link_fatal,
+            ResponseStarted: self._on_response_started,
+            ReplyAudio: self._on_reply_audio,
+            ResponseDone: self._on_response_done,
+            ServerError: self._on_server_error,
+        }
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        """Apply one event at monotonic time ``now``; return the actions to carry out, in order."""
+        return self._handlers[type(event)](event, now)  # type: ignore[operator]
+
+    @property
+    def response_in_progress(self) -> bool:
+        """True from commit until the response is done or abandoned."""
+        return self._awaiting_response or (
+            self._response_id is not None and not self._response_done
+        )
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _go(self, new: State) -> list[Action]:
+        if new is self.state:
+            return []
+        old, self.state = self.state, new
+        return [StateChanged(old, new)]
+
+    def _forget_response(self) -> None:
+        self._awaiting_response = False
+        self._response_id = None
+        self._response_done = False
+        self._audio_item = None
+
+    def _start_listening(self, now: float) -> list[Action]:
+        self._pressed_at = now
+        return [*self._go(State.LISTENING), OpenMic()]
+
+    def _end_turn(self, now: float) -> list[Action]:
+        if now - self._pressed_at < self.min_turn_s:
+            return [DiscardTurn(), Notice("too_short"), *self._go(State.IDLE)]
+        self._forget_response()
+        self._awaiting_response = True
+        self._committed_at = now
+        return [CommitTurn(), *self._go(State.THINKING)]
+
+    # --- handlers ---------------------------------------------------------------------------
+
+    def _on_press(self, event: Press, now: float) -> list[Action]:
+        if self.state is State.IDLE:
+            return self._start_listening(now)
+        if self.state in (State.THINKING, State.SPEAKING):
+            barge = Interrupt(
+                response_id=self._response_id,
+                item_id=self._audio_item,
+                cancel=self.response_in_progress,
+            )
+            self._forget_response()
+            return [barge, *self._start_listening(now)]
+        if self.state in (State.OFFLINE, State.ERROR):
+            return [Notice("unavailable", self.state.value)]
+        return []  # already listening
+
+    def _on_release(self, event: Release, now: float) -> list[Action]:
+        if self.state is not State.LISTENING:
+            return []
+        return self._end_turn(now)
+
+    def _on_tick(self, event: Tick, now: float) -> list[Action]:
+        if self.state is State.LISTENING and now - self._pressed_at >= self.max_turn_s:
+            return [Notice("max_turn"), *self._end_turn(now)]
+        if self.state is State.SPEAKING and self._response_done and event.playback_idle:
+            self._forget_response()
+            return self._go(State.IDLE)
+        if (
+            self.state is State.THINKING
+            and self._response_id is None
+            and now - self._committed_at >= self.reply_timeout_s
+        ):
+            self._forget_response()
+            return [Notice("no_reply"), *self._go(State.IDLE)]
+        return []
+
+    def _on_link_up(self, event: LinkUp, now: float) -> list[Action]:
+        if self.state in (State.OFFLINE, State.ERROR):
+            self._forget_response()
+            return self._go(State.IDLE)
+        return []
+
+    def _on_link_down(self, event: LinkDown, now: float) -> list[Action]:
+        actions: list[Action] = []
+        if self.state is State.LISTENING or self.response_in_progress:
+            actions.append(Notice("turn_dropped", event.reason or "link down"))
+        self._forget_response()
+        return [*actions, *self._go(State.OFFLINE)]
+
+    def _on_link_fatal(self, event: LinkFatal, now: float) -> list[Action]:
+        self._forget_response()
+        return self._go(State.ERROR)
+
+    def _on_response_started(self, event: ResponseStarted, now: float) -> list[Action]:
+        # Only the response to our latest commit counts; one created before a barge-in is
+        # ignored (its audio too), since it was already cancelled.
+        if self.state is State.THINKING and self._awaiting_response:
+            self._awaiting_response = False
+            self._response_id = event.response_id
+        return []
+
+    def _on_reply_audio(self, event: ReplyAudio, now: float) -> list[Action]:
+        if event.response_id != self._response_id or self._response_done:
+            return []
+        if self.state not in (State.THINKING, State.SPEAKING):
+            return []
+        self._audio_item = event.item_id
+        return [*self._go(State.SPEAKING), PlayAudio(event.item_id, event.pcm)]
+
+    def _on_response_done(self, event: ResponseDone, now: float) -> list[Action]:
+        if event.response_id != self._response_id:
+            return []
+        self._response_done = True
+        actions: list[Action] = []
+        if event.status not in ("completed", "cancelled"):
+            actions.append(Notice("reply_failed", event.status))
+        if self.state is State.THINKING:
+            self._forget_response()
+            actions += self._go(State.IDLE)
+        return actions
+
+    def _on_server_error(self, event: ServerError, now: float) -> list[Action]:
+        if event.code in _TURN_REJECTED and self.state is State.THINKING:
+            self._forget_response()
+            return [Notice("too_short", event.code), *self._go(State.IDLE)]
+        return []

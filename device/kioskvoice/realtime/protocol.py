@@ -1,0 +1,226 @@
+"""The Realtime GA protocol, pure: client events out, typed events in.
+
+No socket, no clock, no asyncio. :class:`Protocol` builds every client event the kiosk sends
+(each one validates against the official SDK's models, which the tests enforce) and turns
+server JSON into kiosk events through a table of typed handlers. Unknown event types are
+reported as :class:`Ignored`, malformed ones as :class:`Malformed`; neither ends a session.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..events import ReplyAudio, ResponseDone, ResponseStarted, ServerError
+
+SAMPLE_RATE = 24000
+TRANSCRIPTION_MODEL = "gpt-4o-mini-transcribe"
+
+# Error codes that no retry can fix without an operator (config, billing, account).
+FATAL_CODES = frozenset(
+    {
+        "invalid_api_key",
+        "insufficient_quota",
+        "model_not_found",
+        "beta_api_shape_disabled",
+        "account_deactivated",
+        "organization_deactivated",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCreated:
+    """``session.created``: the server's defaults are in force until our update lands."""
+
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfigured:
+    """``session.updated``: the session now uses our configuration."""
+
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    """A finished transcript: ``role`` is ``user`` (input transcription) or ``assistant``."""
+
+    role: str
+    item_id: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class FatalError:
+    """An ``error`` event whose code needs an operator (see :data:`FATAL_CODES`)."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """A well-formed event the kiosk has no use for (logged at debug)."""
+
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A message that is not a valid server event (logged, skipped)."""
+
+    reason: str
+
+
+Incoming = (
+    SessionCreated
+    | SessionConfigured
+    | Transcript
+    | FatalError
+    | Ignored
+    | Malformed
+    | ResponseStarted
+    | ReplyAudio
+    | ResponseDone
+    | ServerError
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOptions:
+    """What the kiosk asks of every session."""
+
+    instructions: str
+    voice: str
+    transcribe_input: bool = True
+
+
+class Protocol:
+    """Builds client events and parses server events for one connection.
+
+    Client ``event_id`` values are unique per instance, so an ``error`` naming one can be
+    matched to what was sent.
+    """
+
+    def __init__(self, options: SessionOptions) -> None:
+        self.options = options
+        self.session_id: str | None = None
+        self._ids = itertools.count(1)
+        self._handlers: dict[str, Callable[[dict[str, Any]], list[Incoming]]] = {
+            "session.created": self._session_created,
+            "session.updated": self._session_updated,
+            "response.created": self._response_created,
+            "response.output_audio.delta": self._audio_delta,
+            "response.done": self._response_done,
+            "response.output_audio_transcript.done": self._assistant_transcript,
+            "conversation.item.input_audio_transcription.completed": self._user_transcript,
+            "error": self._error,
+        }
+
+    # --- client events -----------------------------------------------------------------------
+
+    def _event(self, type_: str, **fields: Any) -> dict[str, Any]:
+        return {"type": type_, "event_id": f"kv_{next(self._ids)}", **fields}
+
+    def session_update(self) -> dict[str, Any]:
+        """Push-to-talk session: 24 kHz PCM both ways, server VAD off, our voice/instructions."""
+        audio_format = {"type": "audio/pcm", "rate": SAMPLE_RATE}
+        audio_input: dict[str, Any] = {"format": audio_format, "turn_detection": None}
+        if self.options.transcribe_input:
+            audio_input["transcription"] = {"model": TRANSCRIPTION_MODEL}
+        session = {
+            "type": "realtime",
+            "instructions": self.options.instructions,
+            "output_modalities": ["audio"],
+            "audio": {
+                "input": audio_input,
+                "output": {"format": audio_format, "voice": self.options.voice},
+            },
+        }
+        return self._event("session.update", session=session)
+
+    def append(self, pcm: bytes) -> dict[str, Any]:
+        """``input_audio_buffer.append`` with 24 kHz PCM16 mono."""
+        return self._event("input_audio_buffer.append", audio=base64.b64encode(pcm).decode())
+
+    def commit(self) -> dict[str, Any]:
+        return self._event("input_audio_buffer.commit")
+
+    def clear(self) -> dict[str, Any]:
+        return self._event("input_audio_buffer.clear")
+
+    def response_create(self) -> dict[str, Any]:
+        return self._event("response.create")
+
+    def cancel(self, response_id: str | None = None) -> dict[str, Any]:
+        """``response.cancel``; without an id it cancels whatever response is in progress."""
+        if response_id:
+            return self._event("response.cancel", response_id=response_id)
+        return self._event("response.cancel")
+
+    def truncate(self, item_id: str, audio_end_ms: int) -> dict[str, Any]:
+        """Drop what the visitor did not hear of an assistant item."""
+        return self._event(
+            "conversation.item.truncate",
+            item_id=item_id,
+            content_index=0,
+            audio_end_ms=max(0, int(audio_end_ms)),
+        )
+
+    # --- server events -----------------------------------------------------------------------
+
+    def receive(self, message: str | bytes) -> list[Incoming]:
+        """Parse one WebSocket message into zero or more events; never raises."""
+        try:
+            event = json.loads(message)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return [Malformed(f"not JSON: {exc}")]
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            return [Malformed("not an event object with a string 'type'")]
+        handler = self._handlers.get(event["type"])
+        if handler is None:
+            return [Ignored(event["type"])]
+        try:
+            return handler(event)
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            return [Malformed(f"{event['type']}: bad or missing field {exc}")]
+
+    def _session_created(self, event: dict[str, Any]) -> list[Incoming]:
+        self.session_id = str(event["session"]["id"])
+        return [SessionCreated(self.session_id)]
+
+    def _session_updated(self, event: dict[str, Any]) -> list[Incoming]:
+        session_id = str(event["session"].get("id") or self.session_id or "")
+        return [SessionConfigured(session_id)]
+
+    def _response_created(self, event: dict[str, Any]) -> list[Incoming]:
+        return [ResponseStarted(str(event["response"]["id"]))]
+
+    def _audio_delta(self, event: dict[str, Any]) -> list[Incoming]:
+        pcm = base64.b64decode(event["delta"], validate=True)
+        return [ReplyAudio(str(event["response_id"]), str(event["item_id"]), pcm)]
+
+    def _response_done(self, event: dict[str, Any]) -> list[Incoming]:
+        response = event["response"]
+        return [ResponseDone(str(response["id"]), str(response.get("status") or "completed"))]
+
+    def _assistant_transcript(self, event: dict[str, Any]) -> list[Incoming]:
+        return [Transcript("assistant", str(event["item_id"]), str(event["transcript"]))]
+
+    def _user_transcript(self, event: dict[str, Any]) -> list[Incoming]:
+        return [Transcript("user", str(event["item_id"]), str(event["transcript"]))]
+
+    def _error(self, event: dict[str, Any]) -> list[Incoming]:
+        error = event["error"]
+        code = str(error.get("code") or error.get("type") or "unknown")
+        message = str(error.get("message") or "")
+        if code in FATAL_CODES:
+            return [FatalError(code, message)]
+        return [ServerError(code, message)]

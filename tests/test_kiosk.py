@@ -1,0 +1,201 @@
+"""The pure state machine: events in, actions out, time passed in."""
+
+from __future__ import annotations
+
+from kioskvoice.events import (
+    CommitTurn,
+    DiscardTurn,
+    Interrupt,
+    LinkDown,
+    LinkFatal,
+    LinkUp,
+    Notice,
+    OpenMic,
+    PlayAudio,
+    Press,
+    Release,
+    ReplyAudio,
+    ResponseDone,
+    ResponseStarted,
+    ServerError,
+    State,
+    StateChanged,
+    Tick,
+)
+from kioskvoice.kiosk import Kiosk
+
+
+def kinds(actions) -> list[str]:
+    return [type(a).__name__ for a in actions]
+
+
+def online() -> Kiosk:
+    kiosk = Kiosk(min_turn_s=0.25, max_turn_s=30, reply_timeout_s=20)
+    assert kiosk.handle(LinkUp("sess_1"), 0.0) == [StateChanged(State.OFFLINE, State.IDLE)]
+    return kiosk
+
+
+def speaking(kiosk: Kiosk, t: float = 1.0) -> Kiosk:
+    kiosk.handle(Press(), t)
+    kiosk.handle(Release(), t + 2)
+    kiosk.handle(ResponseStarted("resp_1"), t + 2.1)
+    kiosk.handle(ReplyAudio("resp_1", "item_1", b"\0\0" * 240), t + 2.2)
+    assert kiosk.state is State.SPEAKING
+    return kiosk
+
+
+def test_starts_offline_and_ignores_press() -> None:
+    kiosk = Kiosk()
+    assert kiosk.state is State.OFFLINE
+    assert kiosk.handle(Press(), 0.0) == [Notice("unavailable", "offline")]
+    assert kiosk.state is State.OFFLINE
+
+
+def test_full_turn() -> None:
+    kiosk = online()
+    assert kiosk.handle(Press(), 1.0) == [StateChanged(State.IDLE, State.LISTENING), OpenMic()]
+    assert kiosk.handle(Release(), 3.0) == [
+        CommitTurn(),
+        StateChanged(State.LISTENING, State.THINKING),
+    ]
+    assert kiosk.handle(ResponseStarted("resp_1"), 3.1) == []
+    audio = ReplyAudio("resp_1", "item_1", b"\1\0")
+    assert kiosk.handle(audio, 3.2) == [
+        StateChanged(State.THINKING, State.SPEAKING),
+        PlayAudio("item_1", b"\1\0"),
+    ]
+    assert kiosk.handle(audio, 3.3) == [PlayAudio("item_1", b"\1\0")]
+    assert kiosk.handle(ResponseDone("resp_1", "completed"), 3.4) == []
+    # Still speaking while the player has audio queued.
+    assert kiosk.handle(Tick(playback_idle=False), 3.5) == []
+    assert kiosk.handle(Tick(playback_idle=True), 4.0) == [StateChanged(State.SPEAKING, State.IDLE)]
+
+
+def test_playback_idle_before_response_done_keeps_speaking() -> None:
+    kiosk = speaking(online())
+    assert kiosk.handle(Tick(playback_idle=True), 3.5) == []  # a gap between bursts
+    assert kiosk.state is State.SPEAKING
+
+
+def test_short_tap_sends_nothing() -> None:
+    kiosk = online()
+    kiosk.handle(Press(), 1.0)
+    actions = kiosk.handle(Release(), 1.1)
+    assert kinds(actions) == ["DiscardTurn", "Notice", "StateChanged"]
+    assert actions[1] == Notice("too_short")
+    assert kiosk.state is State.IDLE
+
+
+def test_max_turn_ends_the_turn_itself() -> None:
+    kiosk = Kiosk(max_turn_s=5)
+    kiosk.handle(LinkUp(), 0)
+    kiosk.handle(Press(), 1.0)
+    assert kiosk.handle(Tick(), 5.9) == []
+    actions = kiosk.handle(Tick(), 6.0)
+    assert kinds(actions) == ["Notice", "CommitTurn", "StateChanged"]
+    assert kiosk.state is State.THINKING
+    assert kiosk.handle(Release(), 6.5) == []  # the late release is ignored
+
+
+def test_barge_in_while_speaking() -> None:
+    kiosk = speaking(online())
+    actions = kiosk.handle(Press(), 5.0)
+    assert actions[0] == Interrupt(response_id="resp_1", item_id="item_1", cancel=True)
+    assert kinds(actions[1:]) == ["StateChanged", "OpenMic"]
+    assert kiosk.state is State.LISTENING
+    # A late delta of the cancelled response is never played.
+    assert kiosk.handle(ReplyAudio("resp_1", "item_1", b"\0\0"), 5.1) == []
+    assert kiosk.handle(ResponseDone("resp_1", "cancelled"), 5.2) == []
+    assert kiosk.state is State.LISTENING
+
+
+def test_barge_in_after_response_done_does_not_cancel() -> None:
+    kiosk = speaking(online())
+    kiosk.handle(ResponseDone("resp_1", "completed"), 4.0)
+    actions = kiosk.handle(Press(), 4.5)
+    assert actions[0] == Interrupt(response_id="resp_1", item_id="item_1", cancel=False)
+
+
+def test_barge_in_while_thinking_ignores_the_old_response() -> None:
+    kiosk = online()
+    kiosk.handle(Press(), 1.0)
+    kiosk.handle(Release(), 2.0)
+    actions = kiosk.handle(Press(), 2.1)
+    assert actions[0] == Interrupt(response_id=None, item_id=None, cancel=True)
+    # The response created for the abandoned turn arrives late and is ignored.
+    assert kiosk.handle(ResponseStarted("resp_old"), 2.2) == []
+    assert kiosk.handle(ReplyAudio("resp_old", "item_old", b"\0\0"), 2.3) == []
+    kiosk.handle(Release(), 4.0)
+    kiosk.handle(ResponseStarted("resp_new"), 4.1)
+    assert kinds(kiosk.handle(ReplyAudio("resp_new", "item_new", b"\0\0"), 4.2)) == [
+        "StateChanged",
+        "PlayAudio",
+    ]
+
+
+def test_commit_rejected_returns_to_idle() -> None:
+    kiosk = online()
+    kiosk.handle(Press(), 1.0)
+    kiosk.handle(Release(), 2.0)
+    actions = kiosk.handle(ServerError("input_audio_buffer_commit_empty", "too small"), 2.1)
+    assert Notice("too_short", "input_audio_buffer_commit_empty") in actions
+    assert kiosk.state is State.IDLE
+
+
+def test_other_server_errors_do_not_change_state() -> None:
+    kiosk = speaking(online())
+    assert kiosk.handle(ServerError("response_cancel_not_active", "x"), 4.0) == []
+    assert kiosk.state is State.SPEAKING
+
+
+def test_no_reply_times_out() -> None:
+    kiosk = online()
+    kiosk.handle(Press(), 1.0)
+    kiosk.handle(Release(), 2.0)
+    assert kiosk.handle(Tick(), 21.9) == []
+    actions = kiosk.handle(Tick(), 22.0)
+    assert Notice("no_reply") in actions and kiosk.state is State.IDLE
+
+
+def test_response_without_audio_returns_to_idle_and_failure_is_noticed() -> None:
+    kiosk = online()
+    kiosk.handle(Press(), 1.0)
+    kiosk.handle(Release(), 2.0)
+    kiosk.handle(ResponseStarted("resp_1"), 2.1)
+    actions = kiosk.handle(ResponseDone("resp_1", "failed"), 2.2)
+    assert Notice("reply_failed", "failed") in actions
+    assert kiosk.state is State.IDLE
+
+
+def test_link_down_mid_turn_drops_it_visibly() -> None:
+    kiosk = online()
+    kiosk.handle(Press(), 1.0)
+    actions = kiosk.handle(LinkDown("close_1006"), 1.5)
+    assert Notice("turn_dropped", "close_1006") in actions
+    assert kiosk.state is State.OFFLINE
+    assert kiosk.handle(Release(), 2.0) == []
+    kiosk.handle(LinkUp(), 3.0)
+    assert kiosk.state is State.IDLE
+
+
+def test_link_down_when_idle_is_not_a_dropped_turn() -> None:
+    kiosk = online()
+    assert kiosk.handle(LinkDown("x"), 1.0) == [StateChanged(State.IDLE, State.OFFLINE)]
+
+
+def test_fatal_is_error_state_until_link_up() -> None:
+    kiosk = online()
+    kiosk.handle(LinkFatal("unauthorized", "401"), 1.0)
+    assert kiosk.state is State.ERROR
+    assert kiosk.handle(Press(), 2.0) == [Notice("unavailable", "error")]
+    kiosk.handle(LinkUp(), 3.0)
+    assert kiosk.state is State.IDLE
+
+
+def test_double_press_and_stray_release_are_ignored() -> None:
+    kiosk = online()
+    kiosk.handle(Press(), 1.0)
+    assert kiosk.handle(Press(), 1.1) == []
+    kiosk.handle(Release(), 2.0)
+    assert kiosk.handle(Release(), 2.1) == []
+    assert not any(isinstance(a, DiscardTurn) for a in kiosk.handle(Tick(), 2.2))
