@@ -1,0 +1,124 @@
+"""The local control socket: JSON lines over a unix stream socket.
+
+Request: ``{"cmd": "status" | "press" | "release"}``; reply: one JSON object with ``ok``.
+The socket is created mode 0660 so the service's group (and root) may use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import ControlError
+
+log = logging.getLogger(__name__)
+
+MAX_LINE = 64 * 1024
+COMMANDS = ("status", "press", "release")
+
+
+class ControlServer:
+    """Serves ``handler(cmd) -> dict`` on a unix socket; one request per line."""
+
+    def __init__(
+        self, path: Path, handler: Callable[[str], dict[str, Any]], *, timeout_s: float = 5.0
+    ) -> None:
+        self.path = Path(path)
+        self._handler = handler
+        self._timeout_s = timeout_s
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> None:
+        """Bind the socket. A stale socket file is replaced; a live one is an error."""
+        if self.path.exists():
+            if _is_alive(self.path):
+                raise ControlError(f"control socket {self.path} is in use by another process")
+            self.path.unlink()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._server = await asyncio.start_unix_server(
+            self._serve, path=str(self.path), limit=MAX_LINE
+        )
+        os.chmod(self.path, 0o660)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1):
+                    await self._server.wait_closed()
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                async with asyncio.timeout(self._timeout_s * 12):
+                    line = await reader.readline()
+                if not line:
+                    break
+                writer.write(json.dumps(self._answer(line)).encode() + b"\n")
+                async with asyncio.timeout(self._timeout_s):
+                    await writer.drain()
+        except (TimeoutError, ConnectionError, ValueError):
+            pass  # idle, vanished or oversized client: just hang up
+        finally:
+            writer.close()
+
+    def _answer(self, line: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(line)
+            cmd = request["cmd"]
+        except (ValueError, KeyError, TypeError):
+            return {"ok": False, "error": 'expected {"cmd": "status|press|release"}'}
+        if cmd not in COMMANDS:
+            return {"ok": False, "error": f"unknown command {cmd!r}"}
+        try:
+            return {"ok": True, **self._handler(cmd)}
+        except Exception as exc:  # the daemon must outlive a bad request
+            log.exception("control command %s failed", cmd)
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _is_alive(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+        return True
+
+
+def request(path: Path, cmd: str, *, timeout_s: float = 5.0) -> dict[str, Any]:
+    """Send one command to a running daemon and return its reply (blocking, with a timeout)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout_s)
+        try:
+            sock.connect(str(path))
+            sock.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(MAX_LINE)
+                if not chunk:
+                    break
+                data += chunk
+        except FileNotFoundError:
+            raise ControlError(f"no daemon: control socket {path} does not exist") from None
+        except PermissionError:
+            raise ControlError(f"permission denied on control socket {path}") from None
+        except TimeoutError:
+            raise ControlError(f"control socket {path}: no answer within {timeout_s} s") from None
+        except OSError as exc:
+            raise ControlError(f"control socket {path}: {exc.strerror or exc}") from None
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise ControlError(f"control socket {path}: malformed reply") from None
