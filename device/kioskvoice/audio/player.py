@@ -1,0 +1,119 @@
+"""The player: a jitter buffer between reply audio from the loop and the output device.
+
+The event loop feeds 24 kHz reply audio (bursts arrive faster than real time); the output
+device's thread pulls fixed blocks. The player counts, per conversation item, the milliseconds
+actually handed to the device, which is what ``conversation.item.truncate`` needs on barge-in.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict, deque
+
+from ..dsp.resample import Resampler
+
+SOURCE_RATE = 24000
+_KEEP_ITEMS = 32
+
+
+class Player:
+    """Thread-safe: :meth:`feed`/:meth:`flush` from the loop, :meth:`pull` from the device.
+
+    After running dry, playback resumes once ``prebuffer_ms`` of audio is queued or the same
+    time has passed, so a slow burst does not stutter and a short one is not held back.
+    """
+
+    def __init__(self, out_rate: int, block_samples: int, *, prebuffer_ms: int = 60) -> None:
+        self.out_rate = out_rate
+        self.block_bytes = 2 * block_samples
+        self._prebuffer_bytes = 2 * out_rate * prebuffer_ms // 1000
+        self._prebuffer_blocks = max(1, -(-self._prebuffer_bytes // self.block_bytes))
+        self._lock = threading.Lock()
+        self._buf = bytearray()
+        self._segments: deque[list] = deque()  # [item_id, bytes not yet played]
+        self._played: OrderedDict[str, int] = OrderedDict()  # item_id -> samples played
+        self._feed_item: str | None = None
+        self._resampler = Resampler(SOURCE_RATE, out_rate)
+        self._starting = True
+        self._waited = 0
+        self.blocks_played = 0
+
+    def feed(self, item_id: str, pcm: bytes) -> None:
+        """Queue 24 kHz PCM16 mono for ``item_id``."""
+        if item_id != self._feed_item:
+            self.finish()
+            self._feed_item = item_id
+            self._resampler = Resampler(SOURCE_RATE, self.out_rate)
+        self._queue(item_id, self._resampler.process(pcm))
+
+    def finish(self) -> None:
+        """The current item has no more audio: queue what the resampler still holds."""
+        if self._feed_item is not None:
+            self._queue(self._feed_item, self._resampler.process(b"", last=True))
+            self._feed_item = None
+
+    def _queue(self, item_id: str, data: bytes) -> None:
+        data = data[: len(data) - len(data) % 2]
+        if not data:
+            return
+        with self._lock:
+            self._buf += data
+            if self._segments and self._segments[-1][0] == item_id:
+                self._segments[-1][1] += len(data)
+            else:
+                self._segments.append([item_id, len(data)])
+            self._played.setdefault(item_id, 0)
+            while len(self._played) > _KEEP_ITEMS:
+                self._played.popitem(last=False)
+
+    def pull(self) -> bytes | None:
+        """The next block for the device, or None when there is nothing to play (the device
+        then plays silence). A short final block is padded with silence."""
+        with self._lock:
+            if not self._buf:
+                self._starting = True
+                self._waited = 0
+                return None
+            if self._starting:
+                if len(self._buf) < self._prebuffer_bytes and self._waited < self._prebuffer_blocks:
+                    self._waited += 1
+                    return None
+                self._starting = False
+            block = bytes(self._buf[: self.block_bytes])
+            del self._buf[: self.block_bytes]
+            self._account(len(block))
+            self.blocks_played += 1
+        if len(block) < self.block_bytes:
+            block += bytes(self.block_bytes - len(block))
+        return block
+
+    def _account(self, nbytes: int) -> None:
+        while nbytes and self._segments:
+            segment = self._segments[0]
+            take = min(nbytes, segment[1])
+            if segment[0] in self._played:
+                self._played[segment[0]] += take // 2
+            segment[1] -= take
+            nbytes -= take
+            if segment[1] == 0:
+                self._segments.popleft()
+
+    def flush(self) -> None:
+        """Drop everything queued at once (barge-in); the next block pulled is silence."""
+        with self._lock:
+            self._buf.clear()
+            self._segments.clear()
+            self._starting = True
+            self._waited = 0
+        self._feed_item = None
+
+    def played_ms(self, item_id: str) -> int:
+        """Milliseconds of ``item_id`` handed to the device so far."""
+        with self._lock:
+            return self._played.get(item_id, 0) * 1000 // self.out_rate
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued."""
+        with self._lock:
+            return not self._buf
