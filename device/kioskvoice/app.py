@@ -1,0 +1,289 @@
+"""Wires the kiosk together under one ``asyncio.TaskGroup``.
+
+Data flow: capture thread → :class:`CaptureChain` → :class:`FrameQueue` → (mic open?) →
+``input_audio_buffer.append``. Server events → :class:`Kiosk` → actions carried out here.
+Buttons post events through ``call_soon_threadsafe``; LEDs and logs listen to state changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from .audio.player import Player
+from .audio.streams import AudioSystem, FrameQueue
+from .config import Settings
+from .dsp.chain import CaptureChain
+from .events import (
+    Action,
+    CommitTurn,
+    DiscardTurn,
+    Interrupt,
+    LinkDown,
+    LinkFatal,
+    LinkUp,
+    Notice,
+    OpenMic,
+    PlayAudio,
+    Press,
+    Release,
+    ReplyAudio,
+    ResponseDone,
+    ResponseStarted,
+    ServerError,
+    State,
+    StateChanged,
+    Tick,
+)
+from .kiosk import Kiosk
+from .panel import Panel
+from .realtime.credentials import credentials_from
+from .realtime.protocol import Ignored, Malformed, Protocol, Transcript
+from .realtime.supervisor import Supervisor
+from .system.control import ControlServer
+from .system.logging import REDACTOR, log_event
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.05
+_KIOSK_EVENTS = (
+    Press,
+    Release,
+    Tick,
+    LinkUp,
+    LinkDown,
+    LinkFatal,
+    ResponseStarted,
+    ReplyAudio,
+    ResponseDone,
+    ServerError,
+)
+
+
+class _Stop(Exception):
+    """Raised inside the task group to end it on request."""
+
+
+class App:
+    """The running kiosk. Construct, then ``await run()``; ``stop()`` ends it cleanly.
+
+    Constructing does no I/O. ``pin_factory`` goes to gpiozero (None: gpiozero's default).
+    ``on_state`` and ``on_transcript`` callbacks observe the kiosk (the demo prints with them).
+    """
+
+    def __init__(self, settings: Settings, *, pin_factory: Any = None) -> None:
+        self.settings = settings
+        self.kiosk = Kiosk(
+            min_turn_s=settings.interaction.min_turn_ms / 1000,
+            max_turn_s=settings.audio.max_turn_s,
+        )
+        self.on_state: list[Callable[[State], None]] = []
+        self.on_transcript: list[Callable[[str, str], None]] = []
+        self.ready = asyncio.Event()
+        self.mic_open = False
+        self.turns = 0
+        self.appended_ms = 0.0
+        self._pin_factory = pin_factory
+        self._stop = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._supervisor: Supervisor | None = None
+        self._player: Player | None = None
+        self._frames: FrameQueue | None = None
+        self._released_at: float | None = None
+        self._turn_started_at = 0.0
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask ``run`` to end (safe from signal handlers on the loop)."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Open everything, serve until :meth:`stop`, then close everything.
+
+        Raises :class:`~kioskvoice.errors.ConfigError` or
+        :class:`~kioskvoice.errors.AudioDeviceError` before serving if set-up fails.
+        """
+        settings = self.settings
+        loop = self._loop = asyncio.get_running_loop()
+        credentials = credentials_from(settings.realtime)
+        REDACTOR.add(credentials.values())
+
+        audio = AudioSystem()
+        panel = Panel(settings.gpio, self.post_threadsafe, pin_factory=self._pin_factory)
+        control = ControlServer(settings.control.socket, self._control)
+        mic = speaker = None
+        try:
+            a = settings.audio
+            chain = CaptureChain(rate=a.sample_rate, channels=a.input_channels, channel=a.channel)
+            mic = audio.open_input(
+                a.input_device, rate=a.sample_rate, channels=a.input_channels, frame_ms=a.frame_ms
+            )
+            speaker = audio.open_output(a.output_device, frame_ms=a.frame_ms)
+            self._player = Player(speaker.rate, speaker.rate * a.frame_ms // 1000)
+            self._frames = frames = FrameQueue(loop)
+            self._supervisor = Supervisor(settings.realtime, credentials, post=self.post)
+            await control.start()
+            panel.open()
+            self._panel = panel
+            self.on_state.append(panel.show)
+            panel.show(self.kiosk.state)
+            mic.start(lambda block: frames.push_threadsafe(chain.process(block)))
+            speaker.start(self._player, on_played=chain.far_end)
+            log_event(log, logging.INFO, "config_loaded", "kiosk started")
+            self.ready.set()
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(self._supervisor.run(), name="link")
+                    tasks.create_task(self._pump(frames), name="pump")
+                    tasks.create_task(self._ticker(), name="ticker")
+                    tasks.create_task(self._wait_stop(), name="stop")
+            except* _Stop:
+                pass
+        finally:
+            for device in (mic, speaker):
+                if device is not None:
+                    device.stop()
+            audio.close()
+            panel.close()
+            await control.close()
+            log_event(log, logging.INFO, "stopped", "kiosk stopped")
+
+    async def _wait_stop(self) -> None:
+        await self._stop.wait()
+        raise _Stop
+
+    async def _ticker(self) -> None:
+        assert self._player is not None
+        while True:
+            await asyncio.sleep(TICK_S)
+            self.post(Tick(playback_idle=self._player.idle))
+
+    async def _pump(self, frames: FrameQueue) -> None:
+        assert self._supervisor is not None
+        while True:
+            frame = await frames.get()
+            if self.mic_open and self._supervisor.send(Protocol.append, frame, droppable=True):
+                self.appended_ms += len(frame) / 48  # 24 kHz PCM16: 48 bytes per ms
+
+    # --- events ------------------------------------------------------------------------------
+
+    def post_threadsafe(self, event: Any) -> None:
+        """Post from a foreign thread (gpiozero)."""
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self.post, event)
+
+    def post(self, event: Any) -> None:
+        """Handle one event on the loop: kiosk events drive the state machine; transcripts
+        and protocol noise are logged."""
+        if isinstance(event, _KIOSK_EVENTS):
+            assert self._loop is not None
+            if isinstance(event, ResponseDone) and self._player is not None:
+                self._player.finish()
+            for action in self.kiosk.handle(event, self._loop.time()):
+                self._do(action)
+        elif isinstance(event, Transcript):
+            self._transcript(event)
+        elif isinstance(event, Malformed):
+            log.warning("skipped a malformed server event: %s", event.reason)
+        elif isinstance(event, Ignored):
+            log.debug("ignored server event %s", event.type)
+
+    def _transcript(self, event: Transcript) -> None:
+        if self.settings.logging.transcripts:
+            log_event(
+                log, logging.INFO, "transcript", f"{event.role}: {event.text}", role=event.role
+            )
+        for callback in self.on_transcript:
+            callback(event.role, event.text)
+
+    def _send(self, build: Callable[..., dict[str, Any]], *args: Any) -> bool:
+        assert self._supervisor is not None
+        return self._supervisor.send(build, *args)
+
+    def _do(self, action: Action) -> None:
+        assert self._player is not None and self._loop is not None
+        now = self._loop.time()
+        match action:
+            case OpenMic():
+                assert self._frames is not None
+                self._frames.clear()  # audio captured before the press is not the visitor's turn
+                self.mic_open = True
+                self.turns += 1
+                self.appended_ms = 0.0
+                self._turn_started_at = now
+                log_event(log, logging.INFO, "turn_start", "listening", turn=self.turns)
+            case CommitTurn():
+                self.mic_open = False
+                self._send(Protocol.commit)
+                self._send(Protocol.response_create)
+                self._released_at = now
+                log_event(
+                    log,
+                    logging.INFO,
+                    "turn_end",
+                    f"turn committed: {self.appended_ms / 1000:.2f} s of audio sent",
+                    turn=self.turns,
+                    audio_ms=int(self.appended_ms),
+                )
+            case DiscardTurn():
+                self.mic_open = False
+                self._send(Protocol.clear)
+            case PlayAudio(item_id=item_id, pcm=pcm):
+                if self._released_at is not None:
+                    latency_ms = int((now - self._released_at) * 1000)
+                    self._released_at = None
+                    log_event(
+                        log,
+                        logging.INFO,
+                        "reply_start",
+                        f"reply started {latency_ms} ms after release",
+                        turn=self.turns,
+                        latency_ms=latency_ms,
+                    )
+                self._player.feed(item_id, pcm)
+            case Interrupt(response_id=response_id, item_id=item_id, cancel=cancel):
+                self._player.flush()
+                if cancel:
+                    self._send(Protocol.cancel, response_id)
+                if item_id is not None:
+                    self._send(Protocol.truncate, item_id, self._player.played_ms(item_id))
+                self._send(Protocol.clear)
+                self._released_at = None
+                log_event(log, logging.INFO, "barge_in", "reply interrupted", turn=self.turns)
+            case Notice(kind=kind, detail=detail):
+                level = logging.INFO if kind in ("too_short", "max_turn") else logging.WARNING
+                event = "turn_dropped" if kind == "turn_dropped" else kind
+                log_event(log, level, event, f"{kind} {detail}".strip(), turn=self.turns)
+            case StateChanged(old=old, new=new):
+                if old is State.SPEAKING and new is State.IDLE:
+                    log_event(log, logging.INFO, "reply_end", "reply finished", turn=self.turns)
+                log.debug("state %s -> %s", old, new)
+                for callback in self.on_state:
+                    callback(new)
+
+    # --- control socket ----------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """What ``ctl status`` reports."""
+        sup = self._supervisor
+        return {
+            "state": self.kiosk.state.value,
+            "link": sup.state.value if sup else "down",
+            "reconnects": sup.reconnects if sup else 0,
+            "session": (sup.link.session_id if sup and sup.link else None),
+            "last_error": sup.last_error if sup else None,
+            "turns": self.turns,
+            "dropped_frames": self._frames.dropped if self._frames else 0,
+        }
+
+    def _control(self, cmd: str) -> dict[str, Any]:
+        if cmd == "press":
+            self.post(Press("ctl"))
+        elif cmd == "release":
+            self.post(Release("ctl"))
+        return self.status()

@@ -1,0 +1,173 @@
+"""The ``kioskvoice`` command.
+
+Exit codes: 0 success, 1 runtime failure, 2 usage, 69 a device or service is unavailable,
+78 configuration error (systemd's ``RestartPreventExitStatus=78`` stops restart loops on it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .config import load_config, render_toml
+from .errors import AudioDeviceError, ConfigError, ControlError, KioskError
+
+EX_UNAVAILABLE = 69
+EX_CONFIG = 78
+
+log = logging.getLogger("kioskvoice")
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="TOML config file (default /etc/kioskvoice/kioskvoice.toml, optional)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kioskvoice", description="Voice kiosk firmware for the Realtime API."
+    )
+    parser.add_argument("--version", action="version", version=f"kioskvoice {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the kiosk daemon in the foreground")
+    _config_arg(p)
+    p = sub.add_parser("check-config", help="validate the config and print it, secrets masked")
+    _config_arg(p)
+    p = sub.add_parser("ctl", help="talk to a running daemon over its control socket")
+    _config_arg(p)
+    p.add_argument("--socket", type=Path, default=None, help="control socket path")
+    p.add_argument("cmd", choices=["status", "press", "release"])
+    p = sub.add_parser("simulate", help="run the embedded Realtime simulator on loopback")
+    p.add_argument("--port", type=int, default=8765)
+    p = sub.add_parser("demo", help="the whole kiosk against the simulator, no hardware")
+    p.add_argument("--out", type=Path, default=None, help="directory for the demo's WAV files")
+    sub.add_parser("devices", help="list audio devices")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {
+        "run": _run,
+        "check-config": _check_config,
+        "ctl": _ctl,
+        "simulate": _simulate,
+        "demo": _demo,
+        "devices": _devices,
+    }
+    try:
+        return handlers[args.command](args)
+    except ConfigError as exc:
+        print(f"kioskvoice: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except (AudioDeviceError, ControlError) as exc:
+        print(f"kioskvoice: {exc}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    except KioskError as exc:
+        print(f"kioskvoice: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .app import App
+    from .system.logging import setup_logging
+
+    settings = load_config(args.config)
+    setup_logging(settings.logging.level)
+    app = App(settings)
+    try:
+        asyncio.run(_serve(app))
+    except KioskError:
+        raise
+    except Exception:
+        # Logged through the redacting handler: no secret reaches the journal or stderr.
+        log.critical("kioskvoice failed", exc_info=True)
+        return 1
+    return 0
+
+
+async def _serve(app) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, app.stop)
+    await app.run()
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    settings = load_config(args.config)
+    print(render_toml(settings), end="")
+    return 0
+
+
+def _ctl(args: argparse.Namespace) -> int:
+    from .system.control import request
+
+    path = args.socket or load_config(args.config).control.socket
+    reply = request(path, args.cmd)
+    print(json.dumps(reply, indent=2))
+    return 0 if reply.get("ok") else 1
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from .sim import Simulator
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with Simulator(port=args.port) as sim:
+            print(f"Realtime simulator listening on {sim.url}", flush=True)
+            await stop.wait()
+
+    try:
+        asyncio.run(serve())
+    except OSError as exc:
+        print(f"kioskvoice: cannot listen on port {args.port}: {exc.strerror}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.out)
+
+
+def _devices(args: argparse.Namespace) -> int:
+    from .audio.devices import list_devices, open_portaudio
+
+    pa = open_portaudio()
+    try:
+        devices = list_devices(pa)
+    finally:
+        pa.terminate()
+    if not devices:
+        print("no audio devices found (is the USB sound card plugged in?)")
+        return EX_UNAVAILABLE
+    print(f"{'name':40} {'in':>3} {'out':>3} {'rate':>6}")
+    for dev in devices:
+        print(
+            f"{dev.name[:40]:40} {dev.max_input_channels:>3} "
+            f"{dev.max_output_channels:>3} {dev.default_rate:>6}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
