@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,10 +46,14 @@ from .realtime.protocol import Ignored, Malformed, Protocol, Transcript
 from .realtime.supervisor import Supervisor
 from .system.control import ControlServer
 from .system.logging import REDACTOR, log_event
+from .system.notify import Notifier
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.05
+# No capture block for this long means the capture stream is wedged (PortAudio on ALSA can
+# hang instead of raising when a USB device goes away).
+CAPTURE_STALL_S = 2.0
 _KIOSK_EVENTS = (
     Press,
     Release,
@@ -87,6 +92,7 @@ class App:
         self.turns = 0
         self.appended_ms = 0.0
         self._pin_factory = pin_factory
+        self.notifier = Notifier()
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._supervisor: Supervisor | None = None
@@ -135,8 +141,15 @@ class App:
             speaker.start(self._player, on_played=chain.far_end)
             log_event(log, logging.INFO, "config_loaded", "kiosk started")
             self.ready.set()
+            # READY once config is loaded and devices are open; the link may still be
+            # connecting: the kiosk is then offline, not failed.
+            self.notifier.ready(self._status_line())
             try:
                 async with asyncio.TaskGroup() as tasks:
+                    if self.notifier.watchdog_interval_s:
+                        tasks.create_task(
+                            self._watchdog(mic, self.notifier.watchdog_interval_s), name="watchdog"
+                        )
                     tasks.create_task(self._supervisor.run(), name="link")
                     tasks.create_task(self._pump(frames), name="pump")
                     tasks.create_task(self._ticker(), name="ticker")
@@ -144,6 +157,7 @@ class App:
             except* _Stop:
                 pass
         finally:
+            self.notifier.stopping()
             for device in (mic, speaker):
                 if device is not None:
                     device.stop()
@@ -155,6 +169,28 @@ class App:
     async def _wait_stop(self) -> None:
         await self._stop.wait()
         raise _Stop
+
+    async def _watchdog(self, mic: Any, interval_s: float) -> None:
+        """Pet systemd's watchdog only while the loop runs (this task) and capture flows."""
+        stalled = False
+        while True:
+            await asyncio.sleep(interval_s)
+            if time.monotonic() - mic.last_block_at < CAPTURE_STALL_S:
+                self.notifier.watchdog()
+                stalled = False
+            elif not stalled:
+                stalled = True
+                log_event(
+                    log,
+                    logging.ERROR,
+                    "capture_stalled",
+                    "no audio from the capture device; withholding the watchdog",
+                )
+
+    def _status_line(self) -> str:
+        sup = self._supervisor
+        link = sup.state.value if sup else "down"
+        return f"{self.kiosk.state.value}, link {link}"
 
     async def _ticker(self) -> None:
         assert self._player is not None
@@ -263,6 +299,7 @@ class App:
                 if old is State.SPEAKING and new is State.IDLE:
                     log_event(log, logging.INFO, "reply_end", "reply finished", turn=self.turns)
                 log.debug("state %s -> %s", old, new)
+                self.notifier.status(self._status_line())
                 for callback in self.on_state:
                     callback(new)
 
