@@ -29,14 +29,18 @@ import asyncio
 import base64
 import binascii
 import copy
+import hashlib
 import hmac
 import json
 import logging
 import math
 import re
+import secrets
+import time
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any, Final, NamedTuple, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -119,6 +123,19 @@ class Faults:
     error_on: dict[str, str] = field(default_factory=dict)
     """Client event type -> error code answered instead of handling that event."""
 
+    refuse_connections: bool = False
+    """Answer every new handshake with HTTP 503 (an outage)."""
+
+    session_cap_s: float | None = None
+    """Session cap: at this age a session gets ``error`` ``session_expired`` and a 1001 close,
+    as the real server does at 60 (Azure: 30) minutes."""
+
+    drop_after_response: bool = False
+    """Abort the TCP connection (no close frame) right after each ``response.done``."""
+
+    fail_responses: bool = False
+    """End every response at once with ``response.done`` status ``failed``."""
+
 
 class Truncation(NamedTuple):
     """One accepted ``conversation.item.truncate``."""
@@ -155,6 +172,12 @@ class SimSession:
     truncations: list[Truncation] = field(default_factory=list)
     closed: bool = False
     close_code: int | None = None
+    auth_fingerprint: str | None = None
+    """A short hash of the credential (never the credential), to tell connections apart."""
+    secret_ttl_s: float | None = None
+    """For a minted ``ek_`` secret: its remaining lifetime when the connection was accepted."""
+    started_at: float = field(default_factory=time.monotonic)
+    """Monotonic time the session was accepted."""
 
     def sent_of_type(self, event_type: str) -> list[dict[str, Any]]:
         """The sent events of one type, in order."""
@@ -184,6 +207,8 @@ class _Close:
 
     code: int
     reason: str
+    abort: bool = False
+    """Drop the TCP connection instead, without a close frame (a network failure)."""
 
 
 @dataclass
@@ -512,21 +537,26 @@ def _single_header(headers: Headers, name: str) -> str | None:
     return values[0] if len(values) == 1 else None
 
 
+def _credential(headers: Headers) -> str | None:
+    """The token of ``Authorization: Bearer <token>`` or Azure's ``api-key: <key>``."""
+    authorization = _single_header(headers, "Authorization")
+    if authorization is not None:
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+        return None
+    key = _single_header(headers, "api-key")
+    if key is not None and key.strip():
+        return key.strip()
+    return None
+
+
 def authenticate(headers: Headers, api_key: str | None) -> _Auth:
     """Check ``Authorization: Bearer <token>`` (or Azure's ``api-key: <key>``) against ``api_key``.
 
     ``api_key=None`` accepts any non-empty credential.
     """
-    token: str | None = None
-    authorization = _single_header(headers, "Authorization")
-    if authorization is not None:
-        scheme, _, value = authorization.strip().partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            token = value.strip()
-    else:
-        key = _single_header(headers, "api-key")
-        if key is not None and key.strip():
-            token = key.strip()
+    token = _credential(headers)
     if token is None:
         return _Auth(present=False, matched=None)
     if api_key is None:
@@ -592,6 +622,8 @@ class _Connection:
                     self._outbox.put_nowait(_Close(BETA_CLOSE_CODE, BETA_MESSAGE))
                 else:
                     self._emit("session.created", session=self.session.config)
+                    if self._sim.faults.session_cap_s is not None:
+                        self._spawn(self._enforce_cap(self._sim.faults.session_cap_s))
                 await self._read_loop()
                 for task in list(self._tasks):
                     task.cancel()
@@ -601,6 +633,24 @@ class _Connection:
             self.session.close_code = self._ws.close_code
             self._sim._notify()
             log.info("sim session %s closed (code %s)", self.session.id, self._ws.close_code)
+
+    async def _enforce_cap(self, cap_s: float) -> None:
+        await asyncio.sleep(cap_s)
+        message = f"Your session hit the maximum duration of {cap_s:g} seconds."
+        self._emit_error(_ClientError("session_expired", message), None)
+        self._outbox.put_nowait(_Close(1001, message))
+        self._sim.capped += 1
+
+    def abort(self) -> None:
+        """Drop the TCP connection now, without a close frame."""
+        self._ws.transport.abort()
+
+    def stall(self) -> None:
+        """Stop reading: pings go unanswered, as on a half-open link."""
+        self._ws.transport.pause_reading()
+
+    def close_soon(self, code: int, reason: str) -> None:
+        self._outbox.put_nowait(_Close(code, reason))
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         assert self._tg is not None
@@ -621,7 +671,10 @@ class _Connection:
             while True:
                 command = await self._outbox.get()
                 if isinstance(command, _Close):
-                    await self._ws.close(command.code, command.reason)
+                    if command.abort:
+                        self._ws.transport.abort()
+                    else:
+                        await self._ws.close(command.code, command.reason)
                     return
                 self.session.sent.append(command)
                 self._sim._notify()
@@ -968,6 +1021,8 @@ class _Connection:
         delay = self._sim.faults.reply_delay_s
         if delay > 0:
             await asyncio.sleep(delay)
+        if self._sim.faults.fail_responses:
+            raise RuntimeError("simulated response failure")
         self._emit("response.created", response=self._response_object(response, "in_progress"))
         response.created_sent = True
 
@@ -1013,6 +1068,8 @@ class _Connection:
             self._emit("conversation.item.done", previous_item_id=previous, item=item)
         self._active = None
         self._emit("response.done", response=self._response_object(response, "completed"))
+        if self._sim.faults.drop_after_response:
+            self._outbox.put_nowait(_Close(1006, "", abort=True))
 
     async def _stream_audio(self, response: _Response, ids: dict[str, Any]) -> None:
         """Audio in ``burst_ms`` deltas, one per ``burst_interval_s``, words interleaved."""
@@ -1080,7 +1137,13 @@ class Simulator:
         self.burst_interval_s = burst_interval_s
         self.faults = faults if faults is not None else Faults()
         self.sessions: list[SimSession] = []
+        self.capped = 0
+        """Sessions ended by the session cap (``Faults.session_cap_s``)."""
+        self.refused = 0
+        """Handshakes answered with an HTTP error (bad credential, outage)."""
         self._api_key = api_key
+        self._connections: list[_Connection] = []
+        self._minted: dict[str, float] = {}  # ek_ secret -> monotonic expiry
         self._server: Server | None = None
         self._changed = asyncio.Event()
 
@@ -1143,9 +1206,66 @@ class Simulator:
     def _notify(self) -> None:
         self._changed.set()
 
+    # --- fault injection ------------------------------------------------------------------
+
+    def drop_all(self) -> None:
+        """Abort every open connection's TCP stream at once (no close frame)."""
+        for connection in list(self._connections):
+            connection.abort()
+
+    def stall_all(self) -> None:
+        """Stop reading on every open connection: pings go unanswered (a half-open link)."""
+        for connection in list(self._connections):
+            connection.stall()
+
+    def close_all(self, code: int, reason: str = "") -> None:
+        """Close every open connection with ``code`` after what is already queued."""
+        for connection in list(self._connections):
+            connection.close_soon(code, reason)
+
+    # --- ephemeral secrets ------------------------------------------------------------------
+
+    def mint_secret(self, ttl_s: float) -> dict[str, Any]:
+        """A client secret as OpenAI's ``POST /v1/realtime/client_secrets`` returns it.
+
+        The simulator accepts it for new connections until it expires (``expires_at`` is
+        wall-clock Unix seconds, as on the wire; enforcement uses the monotonic clock).
+        """
+        value = "ek_" + secrets.token_urlsafe(24)
+        self._minted[value] = time.monotonic() + ttl_s
+        now = time.monotonic()
+        self._minted = {k: v for k, v in self._minted.items() if v > now - 60}
+        wall = datetime.now(UTC).timestamp()
+        return {"value": value, "expires_at": math.floor(wall + ttl_s)}
+
+    def _secret_ttl(self, token: str | None) -> float | None:
+        """Remaining lifetime of a minted secret, None if ``token`` is not one we minted."""
+        if token is None or token not in self._minted:
+            return None
+        return self._minted[token] - time.monotonic()
+
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        response = self._check_request(connection, request)
+        if response is not None:
+            self.refused += 1
+            self._notify()
+        return response
+
+    def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if urlsplit(request.path).path != REALTIME_PATH:
             return connection.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
+        if self.faults.refuse_connections:
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Service Unavailable\n")
+        ttl = self._secret_ttl(_credential(request.headers))
+        if ttl is not None:
+            if ttl <= 0:
+                return _json_error(
+                    connection,
+                    HTTPStatus.UNAUTHORIZED,
+                    "invalid_api_key",
+                    "The client secret has expired.",
+                )
+            return None
         if not authenticate(request.headers, self._api_key).accepted():
             return _json_error(
                 connection,
@@ -1161,6 +1281,10 @@ class Simulator:
         query = parse_qs(urlsplit(request.path).query)
         model = query.get("model", [DEFAULT_MODEL])[0]
         auth = authenticate(request.headers, self._api_key)
+        token = _credential(request.headers)
+        ttl = self._secret_ttl(token)
+        if ttl is not None:
+            auth = _Auth(present=True, matched=True)
         session_id = _new_id("sess")
         session = SimSession(
             id=session_id,
@@ -1170,11 +1294,20 @@ class Simulator:
             auth_present=auth.present,
             auth_matched=auth.matched,
             config=default_session_config(session_id, model),
+            auth_fingerprint=(
+                hashlib.sha256(token.encode()).hexdigest()[:12] if token is not None else None
+            ),
+            secret_ttl_s=ttl,
         )
         self.sessions.append(session)
         self._notify()
         log.info("sim session %s opened (model %s)", session_id, model)
-        await _Connection(self, ws, session, refuse_beta=_wants_beta(request.headers)).run()
+        connection = _Connection(self, ws, session, refuse_beta=_wants_beta(request.headers))
+        self._connections.append(connection)
+        try:
+            await connection.run()
+        finally:
+            self._connections.remove(connection)
 
 
 def _json_error(
