@@ -21,6 +21,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -71,6 +72,28 @@ class RealtimeSettings(_Section):
     """Time allowed for the WebSocket handshake and the session setup."""
     transcribe_input: bool = True
     """Ask the server to transcribe what the visitor said (for logs and context replay)."""
+    token_url: str | None = None
+    """Token broker that mints short-lived secrets (``POST``, see the README's broker
+    contract). When set, no API key is needed on the kiosk."""
+    device_token: SecretStr | None = None
+    """This kiosk's token for the broker. Prefer a systemd credential named
+    ``realtime.device_token``."""
+    session_max_s: Annotated[float, Field(ge=5, le=7200)] = 1800.0
+    """Longest a session may live: OpenAI caps sessions at 60 min, Azure at 30."""
+    rollover_margin_s: Annotated[float, Field(ge=1, le=3600)] = 120.0
+    """How long before the cap the next session is opened (make-before-break)."""
+    deliver_within_s: Annotated[float, Field(ge=0, le=120)] = 10.0
+    """A turn recorded while the link is down is sent if the link returns within this time
+    after the button is released; otherwise the visitor is shown an error."""
+    ping_interval_s: Annotated[float, Field(gt=0, le=60)] = 10.0
+    """Keepalive ping interval."""
+    ping_timeout_s: Annotated[float, Field(gt=0, le=60)] = 10.0
+    """A link whose ping goes unanswered this long is replaced."""
+    fatal_retry_s: Annotated[float, Field(ge=1, le=86400)] = 300.0
+    """After a fatal error (bad key, quota, unknown model) retry only this often."""
+    replay_turns: Annotated[int, Field(ge=0, le=50)] = 6
+    """Recent turns replayed as text into every new session, so a rollover or reconnect
+    keeps the conversation."""
 
     @field_validator("url")
     @classmethod
@@ -78,6 +101,27 @@ class RealtimeSettings(_Section):
         if not value.startswith(("wss://", "ws://")):
             raise ValueError("must start with wss:// (or ws:// for a local simulator)")
         return value
+
+    @field_validator("token_url")
+    @classmethod
+    def _check_token_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        host = urlsplit(value).hostname or ""
+        if value.startswith("https://") or (
+            value.startswith("http://") and host in ("127.0.0.1", "localhost", "::1")
+        ):
+            return value
+        raise ValueError("must start with https:// (http:// only to loopback)")
+
+    @model_validator(mode="after")
+    def _margin_below_cap(self) -> RealtimeSettings:
+        if self.rollover_margin_s >= self.session_max_s:
+            raise ValueError(
+                f"rollover_margin_s ({self.rollover_margin_s:g}) must be less than "
+                f"session_max_s ({self.session_max_s:g})"
+            )
+        return self
 
 
 class AudioSettings(_Section):
