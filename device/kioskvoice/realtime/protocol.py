@@ -36,9 +36,11 @@ FATAL_CODES = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class SessionCreated:
-    """``session.created``: the server's defaults are in force until our update lands."""
+    """``session.created``: the server's defaults are in force until our update lands.
+    ``expires_at``: the session's hard end in Unix seconds, when the server announces it."""
 
     session_id: str
+    expires_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +133,11 @@ class Protocol:
 
     def session_update(self) -> dict[str, Any]:
         """Push-to-talk session: 24 kHz PCM both ways, server VAD off, our voice/instructions."""
+        return self._event("session.update", session=self.session_config())
+
+    def session_config(self) -> dict[str, Any]:
+        """The ``session`` object of :meth:`session_update` (also what a token broker is
+        asked to mint a secret for)."""
         audio_format = {"type": "audio/pcm", "rate": SAMPLE_RATE}
         audio_input: dict[str, Any] = {"format": audio_format, "turn_detection": None}
         if self.options.transcribe_input:
@@ -144,7 +151,7 @@ class Protocol:
                 "output": {"format": audio_format, "voice": self.options.voice},
             },
         }
-        return self._event("session.update", session=session)
+        return session
 
     def append(self, pcm: bytes) -> dict[str, Any]:
         """``input_audio_buffer.append`` with 24 kHz PCM16 mono."""
@@ -164,6 +171,13 @@ class Protocol:
         if response_id:
             return self._event("response.cancel", response_id=response_id)
         return self._event("response.cancel")
+
+    def item_create(self, role: str, text: str) -> dict[str, Any]:
+        """A text message item, for replaying earlier turns into a new session: the user's
+        words as ``input_text``, the kiosk's as ``output_text`` (the GA content types)."""
+        kind = "output_text" if role == "assistant" else "input_text"
+        item = {"type": "message", "role": role, "content": [{"type": kind, "text": text}]}
+        return self._event("conversation.item.create", item=item)
 
     def truncate(self, item_id: str, audio_end_ms: int) -> dict[str, Any]:
         """Drop what the visitor did not hear of an assistant item."""
@@ -193,8 +207,14 @@ class Protocol:
             return [Malformed(f"{event['type']}: bad or missing field {exc}")]
 
     def _session_created(self, event: dict[str, Any]) -> list[Incoming]:
-        self.session_id = str(event["session"]["id"])
-        return [SessionCreated(self.session_id)]
+        session = event["session"]
+        self.session_id = str(session["id"])
+        expires_at = session.get("expires_at")
+        return [
+            SessionCreated(
+                self.session_id, float(expires_at) if isinstance(expires_at, int | float) else None
+            )
+        ]
 
     def _session_updated(self, event: dict[str, Any]) -> list[Incoming]:
         session_id = str(event["session"].get("id") or self.session_id or "")
