@@ -10,60 +10,18 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from conftest import TEST_KEY
+from harness import BUTTON_PIN as PIN
+from harness import Running, kiosk_settings
 from kioskvoice.app import App
-from kioskvoice.config import (
-    AudioSettings,
-    ControlSettings,
-    GpioSettings,
-    InteractionSettings,
-    LoggingSettings,
-    RealtimeSettings,
-    Settings,
-)
 from kioskvoice.events import State
 from kioskvoice.sim import Simulator
 from realtime_schema import assert_client_event
 
 pytestmark = pytest.mark.timeout(60)
-PIN = 17
 
 
-def settings_for(sim: Simulator, speech_wav: Path, tmp_path: Path) -> Settings:
-    return Settings.model_construct(
-        realtime=RealtimeSettings(url=sim.url, api_key=TEST_KEY),
-        audio=AudioSettings(
-            input_device=f"wav:{speech_wav}", output_device=f"wav:{tmp_path / 'out.wav'}"
-        ),
-        interaction=InteractionSettings(),
-        gpio=GpioSettings(button_pin=PIN),
-        control=ControlSettings(socket=tmp_path / "control.sock"),
-        logging=LoggingSettings(),
-    )
-
-
-class Running:
-    """An App running in a task, with its state changes queued for the test."""
-
-    def __init__(self, app: App) -> None:
-        self.app = app
-        self.states: asyncio.Queue[State] = asyncio.Queue()
-        app.on_state.append(self.states.put_nowait)
-        self.task: asyncio.Task | None = None
-
-    async def __aenter__(self) -> Running:
-        self.task = asyncio.create_task(self.app.run())
-        await self.wait(State.IDLE)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.app.stop()
-        async with asyncio.timeout(5):
-            await self.task
-
-    async def wait(self, state: State, timeout_s: float = 15) -> None:
-        async with asyncio.timeout(timeout_s):
-            while await self.states.get() is not state:
-                pass
+def settings_for(sim: Simulator, speech_wav: Path, tmp_path: Path):
+    return kiosk_settings(sim.url, speech_wav, tmp_path, api_key=TEST_KEY)
 
 
 @pytest.fixture

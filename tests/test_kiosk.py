@@ -44,11 +44,10 @@ def speaking(kiosk: Kiosk, t: float = 1.0) -> Kiosk:
     return kiosk
 
 
-def test_starts_offline_and_ignores_press() -> None:
+def test_starts_offline_and_a_press_records() -> None:
     kiosk = Kiosk()
     assert kiosk.state is State.OFFLINE
-    assert kiosk.handle(Press(), 0.0) == [Notice("unavailable", "offline")]
-    assert kiosk.state is State.OFFLINE
+    assert kiosk.handle(Press(), 0.0) == [StateChanged(State.OFFLINE, State.LISTENING), OpenMic()]
 
 
 def test_full_turn() -> None:
@@ -167,15 +166,81 @@ def test_response_without_audio_returns_to_idle_and_failure_is_noticed() -> None
     assert kiosk.state is State.IDLE
 
 
-def test_link_down_mid_turn_drops_it_visibly() -> None:
+def test_offline_turn_is_delivered_when_the_link_returns() -> None:
+    kiosk = Kiosk(deliver_within_s=10)
+    kiosk.handle(Press(), 1.0)
+    assert kiosk.handle(Release(), 3.0) == [StateChanged(State.LISTENING, State.THINKING)]
+    assert kiosk.handle(Tick(), 12.9) == []
+    assert kiosk.handle(LinkUp("s"), 12.95) == [CommitTurn()]
+    kiosk.handle(ResponseStarted("r"), 13.0)
+    assert kinds(kiosk.handle(ReplyAudio("r", "i", b"\0\0"), 13.1)) == [
+        "StateChanged",
+        "PlayAudio",
+    ]
+
+
+def test_offline_turn_is_dropped_visibly_after_deliver_within() -> None:
+    kiosk = Kiosk(deliver_within_s=10)
+    kiosk.handle(Press(), 1.0)
+    kiosk.handle(Release(), 3.0)
+    actions = kiosk.handle(Tick(), 13.0)
+    assert actions[0].kind == "turn_dropped"
+    assert kiosk.state is State.ERROR
+    assert kiosk.handle(LinkUp(), 20.0) == [StateChanged(State.ERROR, State.IDLE)]
+
+
+def test_link_down_while_listening_keeps_recording() -> None:
     kiosk = online()
     kiosk.handle(Press(), 1.0)
-    actions = kiosk.handle(LinkDown("close_1006"), 1.5)
-    assert Notice("turn_dropped", "close_1006") in actions
+    assert kiosk.handle(LinkDown("close_1006"), 1.5) == []
+    assert kiosk.state is State.LISTENING
+    assert kiosk.handle(Release(), 3.0) == [StateChanged(State.LISTENING, State.THINKING)]
+    assert kiosk.handle(LinkUp("s2"), 4.0) == [CommitTurn()]
+
+
+def test_link_down_before_the_reply_sends_the_turn_again() -> None:
+    kiosk = online()
+    kiosk.handle(Press(), 1.0)
+    kiosk.handle(Release(), 3.0)
+    kiosk.handle(ResponseStarted("r1"), 3.1)
+    assert kiosk.handle(LinkDown("close_1006"), 3.2) == []
+    assert kiosk.state is State.THINKING
+    assert kiosk.handle(LinkUp("s2"), 4.0) == [CommitTurn()]
+    # The old response's audio is not played; the new one's is.
+    assert kiosk.handle(ReplyAudio("r1", "i1", b"\0\0"), 4.1) == []
+    kiosk.handle(ResponseStarted("r2"), 4.2)
+    assert kinds(kiosk.handle(ReplyAudio("r2", "i2", b"\0\0"), 4.3)) == [
+        "StateChanged",
+        "PlayAudio",
+    ]
+
+
+def test_link_down_while_speaking_cuts_the_reply() -> None:
+    kiosk = speaking(online())
+    actions = kiosk.handle(LinkDown("close_1006"), 4.0)
+    assert Notice("reply_cut", "close_1006") in actions
     assert kiosk.state is State.OFFLINE
-    assert kiosk.handle(Release(), 2.0) == []
-    kiosk.handle(LinkUp(), 3.0)
-    assert kiosk.state is State.IDLE
+
+
+def test_fatal_mid_turn_drops_it_visibly() -> None:
+    kiosk = online()
+    kiosk.handle(Press(), 1.0)
+    actions = kiosk.handle(LinkFatal("unauthorized", "401"), 1.5)
+    assert Notice("turn_dropped", "unauthorized") in actions
+    assert kiosk.state is State.ERROR
+
+
+def test_barge_in_on_a_waiting_turn_replaces_it() -> None:
+    kiosk = online()
+    kiosk.handle(LinkDown("x"), 0.5)
+    kiosk.handle(Press(), 1.0)
+    kiosk.handle(Release(), 2.0)
+    actions = kiosk.handle(Press(), 2.5)
+    assert actions[0] == Interrupt(response_id=None, item_id=None, cancel=False)
+    assert kiosk.state is State.LISTENING
+    # The abandoned turn is not dropped later with an error; the new one runs its course.
+    assert kiosk.handle(Tick(), 13.0) == []
+    assert kiosk.handle(Tick(), 32.5)[0] == Notice("max_turn")
 
 
 def test_link_down_when_idle_is_not_a_dropped_turn() -> None:

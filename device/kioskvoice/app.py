@@ -51,6 +51,7 @@ from .system.notify import Notifier
 log = logging.getLogger(__name__)
 
 TICK_S = 0.05
+RESEND_CHUNK_BYTES = 24000  # 0.5 s of 24 kHz PCM16 per append when a turn is sent again
 # No capture block for this long means the capture stream is wedged (PortAudio on ALSA can
 # hang instead of raising when a USB device goes away).
 CAPTURE_STALL_S = 2.0
@@ -84,13 +85,13 @@ class App:
         self.kiosk = Kiosk(
             min_turn_s=settings.interaction.min_turn_ms / 1000,
             max_turn_s=settings.audio.max_turn_s,
+            deliver_within_s=settings.realtime.deliver_within_s,
         )
         self.on_state: list[Callable[[State], None]] = []
         self.on_transcript: list[Callable[[str, str], None]] = []
         self.ready = asyncio.Event()
         self.mic_open = False
         self.turns = 0
-        self.appended_ms = 0.0
         self._pin_factory = pin_factory
         self.notifier = Notifier()
         self._stop = asyncio.Event()
@@ -100,6 +101,11 @@ class App:
         self._frames: FrameQueue | None = None
         self._released_at: float | None = None
         self._turn_started_at = 0.0
+        # The current turn's audio, kept until the reply starts, so a turn can be sent again
+        # on a new session if the link fails before it is answered.
+        self._turn_audio = bytearray()
+        self._turn_session: str | None = None
+        self._turn_gap = False
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -115,8 +121,13 @@ class App:
         """
         settings = self.settings
         loop = self._loop = asyncio.get_running_loop()
-        credentials = credentials_from(settings.realtime)
-        REDACTOR.add(credentials.values())
+        self._supervisor = Supervisor(
+            settings.realtime,
+            credentials_from(settings.realtime, Supervisor.session_request(settings.realtime)),
+            post=self.post,
+            is_idle=lambda: self.kiosk.state is State.IDLE,
+        )
+        REDACTOR.add(self._supervisor.credentials.values())
 
         audio = AudioSystem()
         panel = Panel(settings.gpio, self.post_threadsafe, pin_factory=self._pin_factory)
@@ -131,7 +142,6 @@ class App:
             speaker = audio.open_output(a.output_device, frame_ms=a.frame_ms)
             self._player = Player(speaker.rate, speaker.rate * a.frame_ms // 1000)
             self._frames = frames = FrameQueue(loop)
-            self._supervisor = Supervisor(settings.realtime, credentials, post=self.post)
             await control.start()
             panel.open()
             self._panel = panel
@@ -199,11 +209,37 @@ class App:
             self.post(Tick(playback_idle=self._player.idle))
 
     async def _pump(self, frames: FrameQueue) -> None:
-        assert self._supervisor is not None
+        sup = self._supervisor
+        assert sup is not None
         while True:
             frame = await frames.get()
-            if self.mic_open and self._supervisor.send(Protocol.append, frame, droppable=True):
-                self.appended_ms += len(frame) / 48  # 24 kHz PCM16: 48 bytes per ms
+            if not self.mic_open:
+                continue
+            self._turn_audio += frame
+            session = sup.link.session_id if sup.link else None
+            if self._turn_session is None and not self._turn_gap:
+                self._turn_session = session
+            if session != self._turn_session or not sup.send(
+                Protocol.append, frame, droppable=True
+            ):
+                self._turn_gap = True
+
+    def _deliver_turn(self) -> None:
+        """Commit the turn; first send its audio again if the live stream missed any of it
+        or went to another session."""
+        sup = self._supervisor
+        assert sup is not None
+        session = sup.link.session_id if sup.link else None
+        if self._turn_gap or session != self._turn_session:
+            self._send(Protocol.clear)
+            for start in range(0, len(self._turn_audio), RESEND_CHUNK_BYTES):
+                self._send(
+                    Protocol.append, bytes(self._turn_audio[start : start + RESEND_CHUNK_BYTES])
+                )
+            log.info("sent the turn's %.1f s of audio again", len(self._turn_audio) / 48000)
+            self._turn_session, self._turn_gap = session, False
+        self._send(Protocol.commit)
+        self._send(Protocol.response_create)
 
     # --- events ------------------------------------------------------------------------------
 
@@ -250,26 +286,29 @@ class App:
                 self._frames.clear()  # audio captured before the press is not the visitor's turn
                 self.mic_open = True
                 self.turns += 1
-                self.appended_ms = 0.0
+                self._turn_audio.clear()
+                self._turn_session, self._turn_gap = None, False
                 self._turn_started_at = now
                 log_event(log, logging.INFO, "turn_start", "listening", turn=self.turns)
             case CommitTurn():
-                self.mic_open = False
-                self._send(Protocol.commit)
-                self._send(Protocol.response_create)
+                if self.mic_open:
+                    self.mic_open = False
+                    log_event(
+                        log,
+                        logging.INFO,
+                        "turn_end",
+                        f"turn ended: {len(self._turn_audio) / 48000:.2f} s of audio",
+                        turn=self.turns,
+                        audio_ms=len(self._turn_audio) // 48,
+                    )
+                self._deliver_turn()
                 self._released_at = now
-                log_event(
-                    log,
-                    logging.INFO,
-                    "turn_end",
-                    f"turn committed: {self.appended_ms / 1000:.2f} s of audio sent",
-                    turn=self.turns,
-                    audio_ms=int(self.appended_ms),
-                )
             case DiscardTurn():
                 self.mic_open = False
+                self._turn_audio.clear()
                 self._send(Protocol.clear)
             case PlayAudio(item_id=item_id, pcm=pcm):
+                self._turn_audio.clear()  # answered: nothing left to send again
                 if self._released_at is not None:
                     latency_ms = int((now - self._released_at) * 1000)
                     self._released_at = None
@@ -292,10 +331,23 @@ class App:
                 self._released_at = None
                 log_event(log, logging.INFO, "barge_in", "reply interrupted", turn=self.turns)
             case Notice(kind=kind, detail=detail):
+                if kind == "turn_dropped":
+                    self._turn_audio.clear()
                 level = logging.INFO if kind in ("too_short", "max_turn") else logging.WARNING
                 event = "turn_dropped" if kind == "turn_dropped" else kind
                 log_event(log, level, event, f"{kind} {detail}".strip(), turn=self.turns)
             case StateChanged(old=old, new=new):
+                if old is State.LISTENING and new is State.THINKING and self.mic_open:
+                    # Released while the link is down: the turn waits for delivery.
+                    self.mic_open = False
+                    log_event(
+                        log,
+                        logging.INFO,
+                        "turn_end",
+                        "turn ended while the link is down; waiting to deliver it",
+                        turn=self.turns,
+                        audio_ms=len(self._turn_audio) // 48,
+                    )
                 if old is State.SPEAKING and new is State.IDLE:
                     log_event(log, logging.INFO, "reply_end", "reply finished", turn=self.turns)
                 log.debug("state %s -> %s", old, new)
@@ -313,6 +365,9 @@ class App:
             "link": sup.state.value if sup else "down",
             "reconnects": sup.reconnects if sup else 0,
             "session": (sup.link.session_id if sup and sup.link else None),
+            "session_age_s": round(age, 1) if sup and (age := sup.session_age_s) else None,
+            "rollovers": sup.rollovers if sup else 0,
+            "failed_rollovers": sup.failed_rollovers if sup else 0,
             "last_error": sup.last_error if sup else None,
             "turns": self.turns,
             "dropped_frames": self._frames.dropped if self._frames else 0,

@@ -8,6 +8,12 @@ Turn lifecycle (push-to-talk)::
     THINKING --first ReplyAudio--> SPEAKING --ResponseDone + playback idle--> IDLE
     THINKING/SPEAKING --Press--> LISTENING (barge-in: Interrupt, then OpenMic)
     any --LinkDown--> OFFLINE, any --LinkFatal--> ERROR
+
+Nothing the visitor says is silently lost: a press while the link is down still records
+(OFFLINE --Press--> LISTENING); a turn released while the link is down, or whose link fails
+before the reply starts, waits in THINKING and is committed when the link returns within
+``deliver_within_s``; otherwise it is dropped with a ``turn_dropped`` notice and the ERROR
+state until the link is back.
 """
 
 from __future__ import annotations
@@ -49,12 +55,20 @@ class Kiosk:
     """
 
     def __init__(
-        self, *, min_turn_s: float = 0.25, max_turn_s: float = 30.0, reply_timeout_s: float = 20.0
+        self,
+        *,
+        min_turn_s: float = 0.25,
+        max_turn_s: float = 30.0,
+        reply_timeout_s: float = 20.0,
+        deliver_within_s: float = 10.0,
     ) -> None:
         self.min_turn_s = min_turn_s
         self.max_turn_s = max_turn_s
         self.reply_timeout_s = reply_timeout_s
+        self.deliver_within_s = deliver_within_s
         self.state = State.OFFLINE
+        self.link_up = False
+        self._deliver_by: float | None = None  # set while a turn waits for the link
         self._pressed_at = 0.0
         self._committed_at = 0.0
         self._awaiting_response = False
@@ -94,6 +108,7 @@ class Kiosk:
         return [StateChanged(old, new)]
 
     def _forget_response(self) -> None:
+        self._deliver_by = None
         self._awaiting_response = False
         self._response_id = None
         self._response_done = False
@@ -105,26 +120,34 @@ class Kiosk:
 
     def _end_turn(self, now: float) -> list[Action]:
         if now - self._pressed_at < self.min_turn_s:
-            return [DiscardTurn(), Notice("too_short"), *self._go(State.IDLE)]
+            idle = State.IDLE if self.link_up else State.OFFLINE
+            return [DiscardTurn(), Notice("too_short"), *self._go(idle)]
         self._forget_response()
+        if not self.link_up:
+            self._deliver_by = now + self.deliver_within_s
+            return self._go(State.THINKING)
+        return [*self._commit(now), *self._go(State.THINKING)]
+
+    def _commit(self, now: float) -> list[Action]:
+        self._deliver_by = None
         self._awaiting_response = True
         self._committed_at = now
-        return [CommitTurn(), *self._go(State.THINKING)]
+        return [CommitTurn()]
 
     # --- handlers ---------------------------------------------------------------------------
 
     def _on_press(self, event: Press, now: float) -> list[Action]:
-        if self.state is State.IDLE:
-            return self._start_listening(now)
+        if self.state in (State.IDLE, State.OFFLINE):
+            return self._start_listening(now)  # offline: recorded, delivered when the link returns
         if self.state in (State.THINKING, State.SPEAKING):
             barge = Interrupt(
                 response_id=self._response_id,
                 item_id=self._audio_item,
-                cancel=self.response_in_progress,
+                cancel=self.response_in_progress and self.link_up,
             )
             self._forget_response()
             return [barge, *self._start_listening(now)]
-        if self.state in (State.OFFLINE, State.ERROR):
+        if self.state is State.ERROR:
             return [Notice("unavailable", self.state.value)]
         return []  # already listening
 
@@ -136,11 +159,16 @@ class Kiosk:
     def _on_tick(self, event: Tick, now: float) -> list[Action]:
         if self.state is State.LISTENING and now - self._pressed_at >= self.max_turn_s:
             return [Notice("max_turn"), *self._end_turn(now)]
+        if self._deliver_by is not None and now >= self._deliver_by:
+            self._forget_response()
+            waited = f"link down for {self.deliver_within_s:g} s after the turn"
+            return [Notice("turn_dropped", waited), *self._go(State.ERROR)]
         if self.state is State.SPEAKING and self._response_done and event.playback_idle:
             self._forget_response()
             return self._go(State.IDLE)
         if (
             self.state is State.THINKING
+            and self._awaiting_response
             and self._response_id is None
             and now - self._committed_at >= self.reply_timeout_s
         ):
@@ -149,21 +177,36 @@ class Kiosk:
         return []
 
     def _on_link_up(self, event: LinkUp, now: float) -> list[Action]:
+        self.link_up = True
+        if self._deliver_by is not None and self.state is State.THINKING:
+            return self._commit(now)  # the turn that waited for the link
         if self.state in (State.OFFLINE, State.ERROR):
             self._forget_response()
             return self._go(State.IDLE)
         return []
 
     def _on_link_down(self, event: LinkDown, now: float) -> list[Action]:
+        self.link_up = False
+        if self.state is State.LISTENING:
+            return []  # keep recording; the turn is delivered when the link returns
+        if self.state is State.THINKING and self._audio_item is None:
+            # The reply has not started: send the turn again on the next session.
+            self._forget_response()
+            self._deliver_by = now + self.deliver_within_s
+            return []
         actions: list[Action] = []
-        if self.state is State.LISTENING or self.response_in_progress:
-            actions.append(Notice("turn_dropped", event.reason or "link down"))
+        if self.state is State.SPEAKING:
+            actions.append(Notice("reply_cut", event.reason or "link down"))
         self._forget_response()
         return [*actions, *self._go(State.OFFLINE)]
 
     def _on_link_fatal(self, event: LinkFatal, now: float) -> list[Action]:
+        self.link_up = False
+        actions: list[Action] = []
+        if self.state in (State.LISTENING, State.THINKING):
+            actions.append(Notice("turn_dropped", event.code))
         self._forget_response()
-        return self._go(State.ERROR)
+        return [*actions, *self._go(State.ERROR)]
 
     def _on_response_started(self, event: ResponseStarted, now: float) -> list[Action]:
         # Only the response to our latest commit counts; one created before a barge-in is
