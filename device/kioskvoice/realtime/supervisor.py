@@ -109,7 +109,7 @@ class Supervisor:
         *,
         post: Callable[[Any], None],
         is_idle: Callable[[], bool] = lambda: True,
-        healthy_after_s: float = 5.0,
+        healthy_after_s: float = 3.0,
     ) -> None:
         self.settings = settings
         self.credentials = credentials

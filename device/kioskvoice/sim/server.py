@@ -676,7 +676,8 @@ class _Connection:
                     else:
                         await self._ws.close(command.code, command.reason)
                     return
-                self.session.sent.append(command)
+                if self._sim.record:
+                    self.session.sent.append(command)
                 self._sim._notify()
                 await self._ws.send(json.dumps(command))
         except ConnectionClosed:
@@ -722,7 +723,8 @@ class _Connection:
                 _ClientError("invalid_type", "Client events must be JSON objects."), None
             )
             return
-        self.session.received.append(event)
+        if self._sim.record:
+            self.session.received.append(event)
         self._sim._notify()
         if self._refuse_beta:
             return
@@ -1126,6 +1128,7 @@ class Simulator:
         burst_ms: int = 240,
         burst_interval_s: float = 0.05,
         faults: Faults | None = None,
+        record: bool = True,
     ) -> None:
         if burst_ms <= 0:
             raise ValueError("burst_ms must be positive")
@@ -1136,6 +1139,8 @@ class Simulator:
         self.burst_ms = burst_ms
         self.burst_interval_s = burst_interval_s
         self.faults = faults if faults is not None else Faults()
+        self.record = record
+        """Keep every event in ``SimSession.received``/``sent`` (off for long soaks)."""
         self.sessions: list[SimSession] = []
         self.capped = 0
         """Sessions ended by the session cap (``Faults.session_cap_s``)."""
