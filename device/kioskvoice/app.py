@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -52,6 +53,8 @@ log = logging.getLogger(__name__)
 
 TICK_S = 0.05
 RESEND_CHUNK_BYTES = 24000  # 0.5 s of 24 kHz PCM16 per append when a turn is sent again
+COUNTERS_S = 60.0  # overflow counters are checked this often, never logged per frame
+STATS_EVERY = 10  # a stats record every STATS_EVERY * COUNTERS_S, even when all is well
 # No capture block for this long means the capture stream is wedged (PortAudio on ALSA can
 # hang instead of raising when a USB device goes away).
 CAPTURE_STALL_S = 2.0
@@ -106,6 +109,7 @@ class App:
         self._turn_audio = bytearray()
         self._turn_session: str | None = None
         self._turn_gap = False
+        self._dropped_appends = 0
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -163,6 +167,7 @@ class App:
                     tasks.create_task(self._supervisor.run(), name="link")
                     tasks.create_task(self._pump(frames), name="pump")
                     tasks.create_task(self._ticker(), name="ticker")
+                    tasks.create_task(self._counters(), name="counters")
                     tasks.create_task(self._wait_stop(), name="stop")
             except* _Stop:
                 pass
@@ -196,6 +201,35 @@ class App:
                     "capture_stalled",
                     "no audio from the capture device; withholding the watchdog",
                 )
+
+    async def _counters(self) -> None:
+        """Counters that would be per-frame noise, logged as ``stats`` records: at once (as a
+        warning) when audio was dropped — capture frames (the loop fell behind) or appends
+        (the outbox was full: the network stalls) — and every ``STATS_EVERY`` checks anyway."""
+        assert self._frames is not None and self._supervisor is not None
+        last = (0, 0)
+        for check in itertools.count(1):
+            await asyncio.sleep(COUNTERS_S)
+            link = self._supervisor.link
+            if link is not None:
+                self._dropped_appends += link.dropped
+                link.dropped = 0
+            now = (self._frames.dropped, self._dropped_appends)
+            if now != last or check % STATS_EVERY == 0:
+                status = self.status()
+                log_event(
+                    log,
+                    logging.WARNING if now != last else logging.INFO,
+                    "stats",
+                    f"{status['turns']} turns, {now[0]} capture frames and {now[1]} appends "
+                    "dropped so far",
+                    turns=status["turns"],
+                    reconnects=status["reconnects"],
+                    rollovers=status["rollovers"],
+                    dropped_frames=now[0],
+                    dropped_appends=now[1],
+                )
+                last = now
 
     def _status_line(self) -> str:
         sup = self._supervisor
@@ -268,7 +302,12 @@ class App:
     def _transcript(self, event: Transcript) -> None:
         if self.settings.logging.transcripts:
             log_event(
-                log, logging.INFO, "transcript", f"{event.role}: {event.text}", role=event.role
+                log,
+                logging.INFO,
+                "transcript",
+                f"{event.role}: {event.text}",
+                role=event.role,
+                transcript=event.text,
             )
         for callback in self.on_transcript:
             callback(event.role, event.text)

@@ -52,9 +52,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cmd", choices=["status", "press", "release"])
     p = sub.add_parser("simulate", help="run the embedded Realtime simulator on loopback")
     p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--api-key", default=None, help="accept only this key (default: any)")
+    p.add_argument(
+        "--session-cap-s", type=float, default=None, help="end sessions at this age (1001)"
+    )
+    p.add_argument("--reply-delay-s", type=float, default=0.0, help="delay every response")
+    p.add_argument("--drop-after-response", action="store_true", help="drop TCP after every reply")
+    p.add_argument(
+        "--broker-port",
+        type=int,
+        default=None,
+        help="also serve a token-broker stand-in on this port (needs --device-token)",
+    )
+    p.add_argument("--device-token", default=None, help="the device token the broker accepts")
+    p.add_argument("--secret-ttl-s", type=float, default=600.0, help="lifetime of minted secrets")
     p = sub.add_parser("demo", help="the whole kiosk against the simulator, no hardware")
     p.add_argument("--out", type=Path, default=None, help="directory for the demo's WAV files")
     sub.add_parser("devices", help="list audio devices")
+    from . import diag
+
+    diag.add_parser(sub)
     return parser
 
 
@@ -67,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "simulate": _simulate,
         "demo": _demo,
         "devices": _devices,
+        "diag": lambda a: a.handler(a),
     }
     try:
         return handlers[args.command](args)
@@ -88,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
     from .system.logging import setup_logging
 
     settings = load_config(args.config)
-    setup_logging(settings.logging.level)
+    setup_logging(settings.logging.level, target=settings.logging.target)
     app = App(settings)
     try:
         asyncio.run(_serve(app))
@@ -124,21 +142,39 @@ def _ctl(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from .sim import Simulator
+    from .sim import Faults, Simulator
+    from .sim.broker import BrokerStub
+
+    if (args.broker_port is None) != (args.device_token is None):
+        print("kioskvoice: --broker-port and --device-token go together", file=sys.stderr)
+        return 2
+    faults = Faults(
+        reply_delay_s=args.reply_delay_s,
+        session_cap_s=args.session_cap_s,
+        drop_after_response=args.drop_after_response,
+    )
 
     async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        async with Simulator(port=args.port) as sim:
+        async with Simulator(port=args.port, api_key=args.api_key, faults=faults) as sim:
             print(f"Realtime simulator listening on {sim.url}", flush=True)
-            await stop.wait()
+            if args.broker_port is None:
+                await stop.wait()
+                return
+            broker = BrokerStub(
+                sim, args.device_token, ttl_s=args.secret_ttl_s, port=args.broker_port
+            )
+            async with broker:
+                print(f"token broker listening on {broker.url}", flush=True)
+                await stop.wait()
 
     try:
         asyncio.run(serve())
     except OSError as exc:
-        print(f"kioskvoice: cannot listen on port {args.port}: {exc.strerror}", file=sys.stderr)
+        print(f"kioskvoice: cannot listen: {exc.strerror}", file=sys.stderr)
         return EX_UNAVAILABLE
     return 0
 
