@@ -202,3 +202,244 @@ def test_missing_device_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
     finally:
         system.close()
     assert "HOME" in os.environ
+
+
+# --- the limiter --------------------------------------------------------------------------------
+
+
+def test_limiter_keeps_the_speaker_out_of_clipping() -> None:
+    player = Player(24000, 480, prebuffer_ms=0)
+    loud = np.clip(tone(0.5, 24000).astype(np.int32) * 5, -32768, 32767).astype(np.int16)
+    player.feed("a", loud.tobytes())
+    player.finish()
+    ceiling = player.limiter.ceiling
+    blocks = []
+    while (block := player.pull()) is not None:
+        blocks.append(np.frombuffer(block, dtype=np.int16))
+    played = np.concatenate(blocks).astype(np.int32)
+    assert np.abs(played).max() <= ceiling
+    assert np.abs(played).max() > 0.8 * ceiling  # limited, not muted
+    assert player.limiter.limited_blocks > 0
+    quiet = tone(0.1, 24000).tobytes()
+    fresh = Player(24000, 480, prebuffer_ms=0)
+    fresh.feed("b", quiet)
+    assert fresh.pull() == quiet[:960]  # below the ceiling: untouched
+
+
+# --- ResilientAudio on a real ALSA PCM ------------------------------------------------------------
+
+
+class PacedMic:
+    """The ALSA `file` PCM reads a FIFO that this thread fills in real time (20 ms blocks of
+    ``channels`` interleaved), so capture is paced like a sound card, and goes silent without
+    an error when paused (the PCM's read blocks, as PortAudio on an unplugged USB device)."""
+
+    def __init__(self, path: Path, channels: int, values: list[int]) -> None:
+        os.mkfifo(path)
+        self._fd = os.open(path, os.O_RDWR)  # a writer from the start: opening never blocks
+        block = np.zeros((320, channels), dtype=np.int16)
+        block[:] = values
+        self._block = block.tobytes()
+        self.paused = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            if not self.paused.is_set():
+                os.write(self._fd, self._block)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        os.close(self._fd)
+
+
+ASOUNDRC = (
+    'pcm.kioskmic {{ type file slave.pcm "null" file "{d}/out.raw" infile "{d}/in.raw" '
+    'format "raw" }}\npcm.kiosk {{ type plug slave.pcm "kioskmic" }}\n'
+)
+
+
+@pytest.fixture
+def paced_mic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A 4-channel paced mic behind the ALSA PCMs `kioskmic`/`kiosk` (channel c = 1000 * (c+1))."""
+    (tmp_path / ".asoundrc").write_text(ASOUNDRC.format(d=tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    mic = PacedMic(tmp_path / "in.raw", 4, [1000, 2000, 3000, 4000])
+    yield mic
+    mic.close()
+
+
+class Events:
+    """on_lost/on_back recorder: (what, monotonic time, reason)."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, float, str]] = []
+        self.changed = threading.Event()
+
+    def lost(self, reason: str) -> None:
+        self.items.append(("lost", time.monotonic(), reason))
+        self.changed.set()
+
+    def back(self) -> None:
+        self.items.append(("back", time.monotonic(), ""))
+        self.changed.set()
+
+    def wait_for(self, what: str, timeout_s: float) -> tuple[str, float, str]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for item in self.items:
+                if item[0] == what:
+                    return item
+            self.changed.wait(0.05)
+            self.changed.clear()
+        raise AssertionError(f"no {what} within {timeout_s} s: {self.items}")
+
+
+def start_audio(spec_in: str, spec_out: str, events: Events, blocks: list[bytes]):
+    from kioskvoice.audio.streams import ResilientAudio
+
+    audio = ResilientAudio(
+        spec_in,
+        spec_out,
+        rate=16000,
+        channels=4,
+        frame_ms=20,
+        on_lost=events.lost,
+        on_back=events.back,
+        retry_s=0.3,
+    )
+    audio.open()
+    player = Player(audio.output_rate, audio.output_block_samples)
+    played: list[bytes] = []
+    audio.start(blocks.append, player, played.append)
+    return audio, player, played
+
+
+def wait_blocks(blocks: list[bytes], count: int, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while len(blocks) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(blocks) >= count, f"only {len(blocks)} blocks"
+
+
+def test_full_duplex_capture_by_name_with_pick_and_mix(paced_mic: PacedMic) -> None:
+    events, blocks = Events(), []
+    audio, player, played = start_audio("kiosk", "kiosk", events, blocks)
+    try:
+        assert audio.duplex and audio.output_rate == 16000
+        player.feed("reply", tone(0.2, 24000).tobytes())
+        player.finish()
+        wait_blocks(blocks, 25)
+    finally:
+        audio.stop()
+    assert all(len(b) == 320 * 4 * 2 for b in blocks)
+    picked = CaptureChain(rate=16000, channels=4, channel=2).pick(blocks[5])
+    assert set(np.frombuffer(picked, dtype=np.int16).tolist()) == {3000}
+    mixed = CaptureChain(rate=16000, channels=4, channel=[0, 3]).pick(blocks[5])
+    assert set(np.frombuffer(mixed, dtype=np.int16).tolist()) == {2500}
+    # One callback for both directions: every captured block came with a played block (mono,
+    # at the capture rate), the reply among them.
+    assert len(played) >= len(blocks) - 1
+    assert all(len(b) == 640 for b in played)
+    assert any(np.abs(np.frombuffer(b, dtype=np.int16)).max() > 6000 for b in played)
+    assert not events.items
+
+
+def paced_mic_dir(mic: PacedMic) -> Path:
+    return Path(os.environ["HOME"])  # the fixture's tmp_path
+
+
+def test_separate_input_and_output(paced_mic: PacedMic, tmp_path: Path) -> None:
+    events, blocks = Events(), []
+    audio, _player, played = start_audio("kioskmic", f"wav:{tmp_path / 'spk.wav'}", events, blocks)
+    try:
+        assert not audio.duplex and audio.output_rate == 24000
+        wait_blocks(blocks, 10)
+    finally:
+        audio.stop()
+    assert played and all(len(b) == 960 for b in played)
+
+
+def test_unplug_that_raises_is_detected_and_recovered(paced_mic: PacedMic) -> None:
+    home = paced_mic_dir(paced_mic)
+    events, blocks = Events(), []
+    audio, _player, _played = start_audio("kiosk", "kiosk", events, blocks)
+    try:
+        wait_blocks(blocks, 10)
+        # Unplugged: the device disappears from ALSA and its open stream raises.
+        (home / ".asoundrc").write_text("")
+        session = audio._session
+        assert session is not None and session.duplex is not None
+        unplugged = time.monotonic()
+        session.duplex._stream.close()
+        lost = events.wait_for("lost", 5.0)
+        assert "kiosk" in lost[2]
+        print(f"raising unplug detected after {lost[1] - unplugged:.2f} s")
+        # Recovery attempts run (and fail: no such device) while it is away; they count as
+        # progress for the watchdog.
+        time.sleep(1.0)
+        assert time.monotonic() - audio.last_progress_at < 1.0
+        assert not [e for e in events.items if e[0] == "back"]
+        count = len(blocks)
+        (home / ".asoundrc").write_text(ASOUNDRC.format(d=home))  # plugged back in
+        events.wait_for("back", 5.0)
+        wait_blocks(blocks, count + 10)
+        assert audio.lost is None and audio.losses == 1
+    finally:
+        audio.stop()
+
+
+def test_unplug_that_goes_silent_is_detected_and_recovered(paced_mic: PacedMic) -> None:
+    events, blocks = Events(), []
+    audio, _player, _played = start_audio("kiosk", "kiosk", events, blocks)
+    try:
+        wait_blocks(blocks, 10)
+        paced_mic.paused.set()  # no error, no data: the PCM's read just blocks
+        silent_since = time.monotonic()
+        lost = events.wait_for("lost", 5.0)
+        assert "no audio" in lost[2]
+        print(f"silent unplug detected after {lost[1] - silent_since:.2f} s")
+        # Closing a stream whose driver thread is stuck in a read wedges: progress stops, so
+        # systemd's watchdog would restart the kiosk if the device never came back.
+        time.sleep(1.0)
+        assert time.monotonic() - audio.last_progress_at > 0.8
+        count = len(blocks)
+        paced_mic.paused.clear()  # the device answers again
+        events.wait_for("back", 5.0)
+        wait_blocks(blocks, count + 10)
+        assert time.monotonic() - audio.last_progress_at < 1.0
+        assert audio.losses == 1
+    finally:
+        audio.stop()
+
+
+def test_record_command_writes_channels_and_reference(
+    paced_mic: PacedMic, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+
+    from kioskvoice.audio.record import add_parsers
+
+    monkeypatch.setenv("KIOSKVOICE_AUDIO__INPUT_DEVICE", "kiosk")
+    monkeypatch.setenv("KIOSKVOICE_AUDIO__OUTPUT_DEVICE", "kiosk")
+    monkeypatch.setenv("KIOSKVOICE_AUDIO__INPUT_CHANNELS", "4")
+    write_wav(tmp_path / "play.wav", tone(0.5, 48000, channels=2).tobytes(), 48000, channels=2)
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers())
+    argv = ["record", "--seconds", "1", "--out", str(tmp_path / "rec"), "--config", "/dev/null"]
+    args = parser.parse_args([*argv, "--play", str(tmp_path / "play.wav")])
+    assert args.handler(args) == 0
+    for channel, value in enumerate([1000, 2000, 3000, 4000]):
+        frames, rate, channels = read_wav(tmp_path / "rec" / f"mic{channel}.wav")
+        samples = np.frombuffer(frames, dtype=np.int16)
+        assert (rate, channels, len(samples)) == (16000, 1, 16000)
+        assert set(samples.tolist()) == {value}
+    frames, rate, _ = read_wav(tmp_path / "rec" / "ref.wav")
+    reference = np.frombuffer(frames, dtype=np.int16)
+    assert len(reference) == 16000
+    assert np.abs(reference).max() > 6000  # the played tone, as the chain's reference
+    parsed = parser.parse_args(["dsp", "--mic", "m", "--ref", "r", "--out", "o"])
+    assert callable(parsed.handler)

@@ -3,6 +3,10 @@
 The event loop feeds 24 kHz reply audio (bursts arrive faster than real time); the output
 device's thread pulls fixed blocks. The player counts, per conversation item, the milliseconds
 actually handed to the device, which is what ``conversation.item.truncate`` needs on barge-in.
+
+Every block pulled goes through a :class:`Limiter`, so the speaker never clips; the block
+returned by :meth:`Player.pull` is exactly what is played, and so exactly what the echo
+canceller must get as its far-end reference.
 """
 
 from __future__ import annotations
@@ -10,10 +14,46 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict, deque
 
+import numpy as np
+
 from ..dsp.resample import Resampler
 
 SOURCE_RATE = 24000
 _KEEP_ITEMS = 32
+
+
+class Limiter:
+    """Peak limiter for PCM16 mono blocks: no sample ever exceeds ``ceiling_dbfs``.
+
+    No look-ahead: a block whose peak would exceed the ceiling is attenuated from its first
+    sample (instant attack); the gain then recovers toward unity with ``release_ms``, ramped
+    within each block and never above what keeps that block under the ceiling. Blocks that
+    need no gain pass through untouched (no numpy conversion beyond the peak check).
+    """
+
+    def __init__(self, rate: int, *, ceiling_dbfs: float = -1.0, release_ms: float = 200.0) -> None:
+        self.ceiling = float(int(32768.0 * 10.0 ** (ceiling_dbfs / 20.0)))
+        self._release_s = release_ms / 1000
+        self._rate = rate
+        self._gain = 1.0
+        self.limited_blocks = 0
+        """Blocks that needed attenuation (for diagnostics)."""
+
+    def process(self, block: bytes) -> bytes:
+        samples = np.frombuffer(block, dtype=np.int16)
+        peak = float(np.abs(samples.astype(np.int32)).max(initial=0))
+        if self._gain >= 1.0 and peak <= self.ceiling:
+            return block
+        allowed = self.ceiling / peak if peak > 0 else 1.0
+        # Recover toward 1 over the release time, never above what this block allows.
+        recovery = 1.0 - np.exp(-len(samples) / self._rate / self._release_s)
+        target = min(self._gain + (1.0 - self._gain) * recovery, 1.0, allowed)
+        start = min(self._gain, allowed)
+        gains = np.linspace(start, target, len(samples), dtype=np.float32)
+        self._gain = target
+        if peak > self.ceiling:
+            self.limited_blocks += 1
+        return np.round(samples * gains).astype(np.int16).tobytes()
 
 
 class Player:
@@ -21,9 +61,17 @@ class Player:
 
     After running dry, playback resumes once ``prebuffer_ms`` of audio is queued or the same
     time has passed, so a slow burst does not stutter and a short one is not held back.
+    Blocks pulled are limited to ``ceiling_dbfs`` (see :class:`Limiter`).
     """
 
-    def __init__(self, out_rate: int, block_samples: int, *, prebuffer_ms: int = 60) -> None:
+    def __init__(
+        self,
+        out_rate: int,
+        block_samples: int,
+        *,
+        prebuffer_ms: int = 60,
+        ceiling_dbfs: float = -1.0,
+    ) -> None:
         self.out_rate = out_rate
         self.block_bytes = 2 * block_samples
         self._prebuffer_bytes = 2 * out_rate * prebuffer_ms // 1000
@@ -37,6 +85,7 @@ class Player:
         self._starting = True
         self._waited = 0
         self.blocks_played = 0
+        self.limiter = Limiter(out_rate, ceiling_dbfs=ceiling_dbfs)
 
     def feed(self, item_id: str, pcm: bytes) -> None:
         """Queue 24 kHz PCM16 mono for ``item_id``."""
@@ -85,7 +134,7 @@ class Player:
             self.blocks_played += 1
         if len(block) < self.block_bytes:
             block += bytes(self.block_bytes - len(block))
-        return block
+        return self.limiter.process(block)
 
     def _account(self, nbytes: int) -> None:
         while nbytes and self._segments:

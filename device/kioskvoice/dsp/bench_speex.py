@@ -1,20 +1,27 @@
-"""Micro-benchmark of the Speex binding: ``python -m kioskvoice.dsp.bench_speex``.
+"""DSP benchmark: ``python -m kioskvoice.dsp.bench_speex`` (``make bench``).
 
-For 10 and 20 ms blocks and 100/200/300 ms echo tails it prints, over one fixed synthetic echo
-scene, the CPU milliseconds per second of audio and the ERLE of:
+1. Per chain, for 10 and 20 ms blocks and 100/200/300 ms echo tails, over one room scene
+   (25 ms direct path, RT60 0.3 s, double talk, low noise): CPU milliseconds per second of
+   audio, ERLE over the far-only stretches, and SI-SDR of the near end in double talk, of
 
-- ``speexdsp-py aec``: the PyPI ``speexdsp`` package's echo filter (the oracle),
-- ``ours aec``: :class:`~kioskvoice.dsp.speex.EchoCanceller`,
-- ``ours aec+pp``: the canceller plus a linked :class:`~kioskvoice.dsp.speex.Preprocessor`
-  (denoise and residual echo suppression on, AGC off),
-- ``C aec`` / ``C aec+pp``: the physical floor, the same libspeexdsp calls made from a C loop
-  compiled at bench time (needs ``cc``, ``pkg-config`` and ``libspeexdsp-dev``),
+   - ``speexdsp-py aec``: the PyPI ``speexdsp`` package's echo filter (the oracle),
+   - ``ours aec``: :class:`~kioskvoice.dsp.speex.EchoCanceller`,
+   - ``ours aec+pp``: the canceller plus a linked :class:`~kioskvoice.dsp.speex.Preprocessor`,
+   - ``chain`` / ``chain auto``: the whole :class:`~kioskvoice.dsp.chain.CaptureChain` as the
+     audio threads call it (reference FIFO, canceller, preprocessor, soxr to 24 kHz; gain
+     off), with a fixed delay or ``auto`` (the delay estimator running),
+   - ``C aec`` / ``C aec+pp`` / ``C aec+pp+soxr``: the physical floor, the same library calls
+     made from a C loop compiled at bench time (needs ``cc``, ``libspeexdsp-dev``; the soxr
+     stage ``libsoxr-dev``),
 
-then each of ours as a ratio to its C loop (target for aec+pp: <= 1.3x) and our Python
-overhead per block in microseconds. Timings are the minimum of several runs of
-``time.process_time()``; they are figures to read, never to assert in tests.
+   each of ours as a ratio to its C loop (target for the chain: <= 1.3x) and our Python
+   overhead per block in microseconds. All in one run, interleaved, so the ratios hold on a
+   noisy machine.
+2. ``auto`` against the hand-aligned delay with the echo 120 ms later than the room's.
+3. Gain control: off, Speex's AGC, the post-chain gain, on a conversation.
 
-The scene helpers (:func:`make_echo_scene`, :func:`erle_db`) are also used by the tests.
+Timings are the minimum of several runs of ``time.process_time()``; they are figures to read,
+never to assert in tests. The scene helpers are re-exported for the Speex tests.
 """
 
 from __future__ import annotations
@@ -29,111 +36,23 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from kioskvoice.dsp.chain import MODEL_RATE, CaptureChain, DspOptions
+from kioskvoice.dsp.scene import (
+    EchoScene,
+    RoomScene,
+    erle_db,
+    erle_over,
+    make_echo_scene,
+    make_room_scene,
+    si_sdr_db,
+)
 from kioskvoice.dsp.speex import EchoCanceller, Preprocessor, PreprocessorSettings
 
 __all__ = ["C_FLOOR_SOURCE", "EchoScene", "erle_db", "main", "make_echo_scene"]
-
-
-@dataclass(frozen=True)
-class EchoScene:
-    """What the speaker played and what the mic heard."""
-
-    far: np.ndarray
-    """Reference played by the speaker, int16."""
-    near: np.ndarray
-    """Mic signal, int16: the far end through the room impulse response, noise, any talker."""
-    sample_rate: int
-
-    def frames(self, frame_size: int) -> tuple[list[bytes], list[bytes]]:
-        """Split into whole frames of ``frame_size`` samples: ``(near_frames, far_frames)``."""
-        count = len(self.near) // frame_size
-        near = [self.near[i * frame_size : (i + 1) * frame_size].tobytes() for i in range(count)]
-        far = [self.far[i * frame_size : (i + 1) * frame_size].tobytes() for i in range(count)]
-        return near, far
-
-
-def _speech_like(samples: int, rate: int, rng: np.random.Generator) -> np.ndarray:
-    """Syllable-like bursts (gliding harmonic chirps and hiss) separated by short pauses.
-
-    Non-stationary on purpose: a stationary far end would be learnt as noise by the denoiser,
-    hiding what the residual echo suppression adds.
-    """
-    out = np.zeros(samples)
-    pos = int(0.05 * rate)
-    while pos < samples:
-        length = min(int(rng.uniform(0.08, 0.30) * rate), samples - pos)
-        t = np.arange(length) / rate
-        if rng.random() < 0.7:
-            f0 = rng.uniform(100.0, 220.0) * (1.0 + rng.uniform(-0.3, 0.3) * t / max(t[-1], 1e-3))
-            phase = 2.0 * np.pi * np.cumsum(f0) / rate
-            formant = rng.uniform(400.0, 2500.0)
-            burst = np.zeros(length)
-            for k in range(1, int(4000.0 / f0.max()) + 1):
-                gain = 1.0 / k + 2.0 / (1.0 + ((k * f0.mean() - formant) / 300.0) ** 2)
-                burst += gain * np.sin(k * phase + rng.uniform(0.0, 2.0 * np.pi))
-        else:
-            burst = np.diff(rng.standard_normal(length + 1)) * 2.0
-        out[pos : pos + length] = burst * np.hanning(length) * rng.uniform(0.4, 1.0)
-        pos += length + int(rng.uniform(0.03, 0.20) * rate)
-    return out
-
-
-def _room_impulse_response(rate: int, delay_ms: float, rng: np.random.Generator) -> np.ndarray:
-    """Pure delay, a direct path at -6 dB, then 50 ms of exponentially decaying reflections."""
-    delay = round(delay_ms * rate / 1000)
-    tail = int(0.05 * rate)
-    response = np.zeros(delay + tail)
-    response[delay] = 0.5
-    decay = np.exp(-np.arange(1, tail) / (0.008 * rate))
-    response[delay + 1 :] = rng.standard_normal(tail - 1) * 0.15 * decay
-    return response
-
-
-def make_echo_scene(
-    *,
-    sample_rate: int = 16000,
-    seconds: float = 8.0,
-    delay_ms: float = 25.0,
-    far_rms: float = 3000.0,
-    noise_rms: float = 10.0,
-    double_talk: tuple[float, float] | None = None,
-    seed: int = 20240601,
-) -> EchoScene:
-    """Deterministic scene: speech-like far end, synthetic room, low white noise.
-
-    Far-end only unless ``double_talk=(start_s, stop_s)`` adds a near-end talker (as loud as
-    the echo) over that interval.
-    """
-    rng = np.random.default_rng(seed)
-    samples = int(sample_rate * seconds)
-    far = _speech_like(samples, sample_rate, rng)
-    far *= far_rms / np.sqrt(np.mean(far**2))
-    far = np.clip(np.round(far), -32768, 32767)
-    echo = np.convolve(far, _room_impulse_response(sample_rate, delay_ms, rng))[:samples]
-    near = echo + rng.standard_normal(samples) * noise_rms
-    if double_talk is not None:
-        start, stop = (round(s * sample_rate) for s in double_talk)
-        talker = _speech_like(stop - start, sample_rate, rng)
-        talker *= np.sqrt(np.mean(echo**2) / np.mean(talker**2))
-        near[start:stop] += talker
-    return EchoScene(
-        far=far.astype(np.int16),
-        near=np.clip(np.round(near), -32768, 32767).astype(np.int16),
-        sample_rate=sample_rate,
-    )
-
-
-def erle_db(mic: np.ndarray, out: np.ndarray, start: int = 0) -> float:
-    """Echo return loss enhancement: 10*log10(mic energy / output energy) from ``start`` on."""
-    stop = min(len(mic), len(out))
-    mic_energy = float(np.sum(mic[start:stop].astype(np.float64) ** 2))
-    out_energy = float(np.sum(out[start:stop].astype(np.float64) ** 2))
-    return 10.0 * np.log10(mic_energy / max(out_energy, 1e-9))
 
 
 # The physical floor: the very calls our chain makes, from a C loop over raw int16 files.
@@ -145,6 +64,9 @@ C_FLOOR_SOURCE = r"""
 #include <time.h>
 #include <speex/speex_echo.h>
 #include <speex/speex_preprocess.h>
+#ifdef HAVE_SOXR
+#include <soxr.h>
+#endif
 
 static spx_int16_t *slurp(const char *path, long *samples) {
     FILE *f = fopen(path, "rb");
@@ -160,7 +82,7 @@ static spx_int16_t *slurp(const char *path, long *samples) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 15) { fprintf(stderr, "bad arguments\n"); return 2; }
+    if (argc != 16) { fprintf(stderr, "bad arguments\n"); return 2; }
     long n_near, n_far;
     spx_int16_t *near = slurp(argv[1], &n_near), *far = slurp(argv[2], &n_far);
     int frame = atoi(argv[4]), tail = atoi(argv[5]), rate = atoi(argv[6]);
@@ -169,8 +91,13 @@ int main(int argc, char **argv) {
     spx_int32_t echo_active_db = atoi(argv[11]), agc = atoi(argv[12]);
     float agc_level = (float)atof(argv[13]);
     int repeats = atoi(argv[14]);
+    int out_rate = atoi(argv[15]);
+#ifndef HAVE_SOXR
+    if (out_rate) { fprintf(stderr, "built without soxr\n"); return 2; }
+#endif
     long blocks = (n_near < n_far ? n_near : n_far) / frame;
     spx_int16_t *out = malloc(blocks * frame * sizeof(spx_int16_t));
+    spx_int16_t *resampled = malloc(4 * frame * sizeof(spx_int16_t));
     double best = 1e30;
     for (int r = 0; r < repeats; r++) {
         SpeexEchoState *echo = speex_echo_state_init(frame, tail);
@@ -186,16 +113,35 @@ int main(int argc, char **argv) {
             speex_preprocess_ctl(pp, SPEEX_PREPROCESS_SET_AGC_LEVEL, &agc_level);
             speex_preprocess_ctl(pp, SPEEX_PREPROCESS_SET_ECHO_STATE, echo);
         }
+#ifdef HAVE_SOXR
+        soxr_t soxr = NULL;
+        if (out_rate) {
+            soxr_error_t error = NULL;
+            soxr_io_spec_t io = soxr_io_spec(SOXR_INT16_I, SOXR_INT16_I);
+            soxr_quality_spec_t quality = soxr_quality_spec(SOXR_LQ, 0);
+            soxr = soxr_create(rate, out_rate, 1, &error, &io, &quality, NULL);
+            if (error) { fprintf(stderr, "soxr: %s\n", error); return 1; }
+        }
+#endif
         struct timespec t0, t1;
         clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t0);
         for (long b = 0; b < blocks; b++) {
             spx_int16_t *o = out + b * frame;
             speex_echo_cancellation(echo, near + b * frame, far + b * frame, o);
             if (pp) speex_preprocess_run(pp, o);
+#ifdef HAVE_SOXR
+            if (soxr) {
+                size_t idone = 0, odone = 0;
+                soxr_process(soxr, o, frame, &idone, resampled, 4 * frame, &odone);
+            }
+#endif
         }
         clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t1);
         double spent = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
         if (spent < best) best = spent;
+#ifdef HAVE_SOXR
+        if (soxr) soxr_delete(soxr);
+#endif
         if (pp) speex_preprocess_state_destroy(pp);
         speex_echo_state_destroy(echo);
     }
@@ -211,27 +157,39 @@ int main(int argc, char **argv) {
 """
 
 
-def _build_c_floor(workdir: Path) -> tuple[Path | None, str]:
-    """Compile the C loop; return ``(executable, "")`` or ``(None, reason)``."""
+def _build_c_floor(workdir: Path) -> tuple[Path | None, bool, str]:
+    """Compile the C loop: ``(executable, with_soxr, "")`` or ``(None, False, reason)``.
+
+    The soxr stage is compiled in when libsoxr's header is installed (``libsoxr-dev``)."""
     cc = shutil.which("cc")
     if cc is None:
-        return None, "no C compiler (cc)"
-    flags = ["-lspeexdsp"]
-    if shutil.which("pkg-config"):
-        found = subprocess.run(
-            ["pkg-config", "--cflags", "--libs", "speexdsp"], capture_output=True, text=True
-        )
-        if found.returncode == 0:
-            flags = shlex.split(found.stdout)
+        return None, False, "no C compiler (cc)"
+
+    def pkg(name: str, fallback: list[str]) -> list[str]:
+        if shutil.which("pkg-config"):
+            found = subprocess.run(
+                ["pkg-config", "--cflags", "--libs", name], capture_output=True, text=True
+            )
+            if found.returncode == 0:
+                return shlex.split(found.stdout)
+        return fallback
+
     source = workdir / "speex_floor.c"
     source.write_text(C_FLOOR_SOURCE)
     exe = workdir / "speex_floor"
-    built = subprocess.run(
-        [cc, "-O2", "-o", str(exe), str(source), *flags], capture_output=True, text=True
-    )
-    if built.returncode != 0:
-        return None, f"cc failed: {built.stderr.strip().splitlines()[-1:]}"
-    return exe, ""
+    speex_flags = pkg("speexdsp", ["-lspeexdsp"])
+    attempts = [(["-DHAVE_SOXR", *pkg("soxr", ["-lsoxr"])], True), ([], False)]
+    reason = ""
+    for extra, with_soxr in attempts:
+        built = subprocess.run(
+            [cc, "-O2", "-o", str(exe), str(source), *speex_flags, *extra],
+            capture_output=True,
+            text=True,
+        )
+        if built.returncode == 0:
+            return exe, with_soxr, ""
+        reason = f"cc failed: {built.stderr.strip().splitlines()[-1:]}"
+    return None, False, reason
 
 
 def _run_c_floor(
@@ -242,11 +200,10 @@ def _run_c_floor(
     rate: int,
     settings: PreprocessorSettings | None,
     repeats: int,
+    out_rate: int = 0,
 ) -> tuple[float, np.ndarray]:
-    """Run the C loop, with a linked preprocessor when ``settings`` are given.
-
-    Returns (best CPU seconds, output samples).
-    """
+    """Run the C loop, with a linked preprocessor when ``settings`` are given and a soxr
+    stream to ``out_rate`` when it is not 0. Returns (best CPU seconds, Speex output)."""
     preprocess = ["0"] * 7
     if settings is not None:
         preprocess = [
@@ -269,15 +226,17 @@ def _run_c_floor(
         str(rate),
         *preprocess,
         str(repeats),
+        str(out_rate),
     ]
     done = subprocess.run(args, capture_output=True, text=True, check=True)
     return float(done.stdout.strip()), np.fromfile(out_path, dtype=np.int16)
 
 
+Step = Callable[[bytes, bytes], bytes]
+
+
 def _python_once(
-    make: Callable[[], Callable[[bytes, bytes], bytes]],
-    near: Sequence[bytes],
-    far: Sequence[bytes],
+    make: Callable[[], Step], near: Sequence[bytes], far: Sequence[bytes]
 ) -> tuple[float, np.ndarray]:
     """CPU seconds of one per-block loop over a fresh state, and its output."""
     step = make()
@@ -290,18 +249,35 @@ def _python_once(
     return spent, np.frombuffer(b"".join(outputs), dtype=np.int16)
 
 
-def _ours_aec(frame_size: int, filter_length: int, rate: int) -> Callable[[bytes, bytes], bytes]:
+def _ours_aec(frame_size: int, filter_length: int, rate: int) -> Step:
     return EchoCanceller(frame_size, filter_length, rate).cancel
 
 
-def _ours_chain(frame_size: int, filter_length: int, rate: int) -> Callable[[bytes, bytes], bytes]:
+def _ours_pp(frame_size: int, filter_length: int, rate: int) -> Step:
     echo = EchoCanceller(frame_size, filter_length, rate)
     pre = Preprocessor(frame_size, rate, echo=echo, agc=False)
     cancel, run = echo.cancel, pre.run
     return lambda near, far: run(cancel(near, far))
 
 
-def _oracle_aec(frame_size: int, filter_length: int, rate: int) -> Callable[[bytes, bytes], bytes]:
+def _ours_chain(frame_size: int, filter_length: int, rate: int, *, delay: int | str = 0) -> Step:
+    """The whole CaptureChain (FIFO, canceller, preprocessor, soxr to 24 kHz; gain off), as
+    the capture and playback threads call it; returns the DSP-rate output."""
+    options = DspOptions(reference_delay_ms=delay, tail_ms=filter_length * 1000 // rate, agc="off")
+    chain = CaptureChain(
+        rate=rate, channels=1, channel=0, frame_ms=frame_size * 1000 // rate, options=options
+    )
+    far_end, process = chain.far_end, chain.process
+
+    def step(near: bytes, far: bytes) -> bytes:
+        far_end(far)
+        process(near)
+        return chain.last_clean
+
+    return step
+
+
+def _oracle_aec(frame_size: int, filter_length: int, rate: int) -> Step:
     import speexdsp  # the PyPI package; an optional oracle, never used by the kiosk
 
     return speexdsp.EchoCanceller.create(frame_size, filter_length, rate).process
@@ -316,36 +292,48 @@ def _runs(
     far: Sequence[bytes],
     *,
     oracle: bool,
-    floor: tuple[Path, Path] | None,
+    floor: tuple[Path, Path, bool] | None,
     settings: PreprocessorSettings,
 ) -> dict[str, tuple[_Run, str | None]]:
     """Label -> (one timed run, label of the C loop it is compared with) for one configuration."""
 
-    def python(factory: Callable[..., Callable[[bytes, bytes], bytes]]) -> _Run:
-        return functools.partial(_python_once, functools.partial(factory, *shape), near, far)
+    def python(factory: Callable[..., Step], **kwargs: object) -> _Run:
+        make = functools.partial(factory, *shape, **kwargs)
+        return functools.partial(_python_once, make, near, far)
 
+    with_soxr = floor is not None and floor[2]
+    chain_floor = "C aec+pp+soxr" if with_soxr else "C aec+pp"
     runs: dict[str, tuple[_Run, str | None]] = {}
     if oracle:
         runs["speexdsp-py aec"] = (python(_oracle_aec), "C aec")
     runs["ours aec"] = (python(_ours_aec), "C aec")
-    runs["ours aec+pp"] = (python(_ours_chain), "C aec+pp")
+    runs["ours aec+pp"] = (python(_ours_pp), "C aec+pp")
+    runs["chain"] = (python(_ours_chain), chain_floor)
+    runs["chain auto"] = (python(_ours_chain, delay="auto"), chain_floor)
     if floor is not None:
-        exe, workdir = floor
-        for label, pre in (("C aec", None), ("C aec+pp", settings)):
-            runs[label] = (functools.partial(_run_c_floor, exe, workdir, *shape, pre, 1), None)
+        exe, workdir, _soxr = floor
+        c_runs: list[tuple[str, PreprocessorSettings | None, int]] = [
+            ("C aec", None, 0),
+            ("C aec+pp", settings, 0),
+        ]
+        if with_soxr:
+            c_runs.append(("C aec+pp+soxr", settings, MODEL_RATE))
+        for label, pre, out_rate in c_runs:
+            run = functools.partial(_run_c_floor, exe, workdir, *shape, pre, 1, out_rate)
+            runs[label] = (run, None)
     return runs
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark and print one table; returns the process exit status."""
-    parser = argparse.ArgumentParser(prog="python -m kioskvoice.dsp.bench_speex")
-    parser.add_argument("--seconds", type=float, default=10.0, help="audio per run")
-    parser.add_argument("--repeats", type=int, default=7, help="runs per figure (best kept)")
-    args = parser.parse_args(argv)
+def _bench_scene(seconds: float, rate: int, **kwargs: object) -> RoomScene:
+    """The bench's room: 25 ms direct path, RT60 0.3 s, double talk at 30 % and 70 %."""
+    stretches = tuple((round(f * seconds, 2), round(f * seconds + 1.5, 2)) for f in (0.3, 0.7))
+    return make_room_scene(sample_rate=rate, seconds=seconds, double_talk=stretches, **kwargs)
 
-    rate = 16000
-    scene = make_echo_scene(sample_rate=rate, seconds=args.seconds)
-    settle = len(scene.near) // 2  # ERLE over the second half, after convergence
+
+def _chains_table(args: argparse.Namespace, rate: int) -> None:
+    scene = _bench_scene(args.seconds, rate)
+    far_only = scene.far_only(settle_s=args.seconds / 2)
+    double_talk = scene.double_talk_mask()
     try:
         import speexdsp  # noqa: F401
     except ImportError:
@@ -355,34 +343,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The C loop gets the settings our preprocessor reports from its C state: same calls.
     with Preprocessor(160, rate, agc=False) as probe:
         settings = probe.settings()
-
     print(
-        f"kioskvoice Speex bench: {args.seconds:g} s of far-end-only audio at {rate} Hz, "
-        f"best of {args.repeats} interleaved runs, CPU ms per second of audio (process_time)"
+        f"1. chains: {args.seconds:g} s room scene at {rate} Hz (25 ms direct path, RT60 0.3 s, "
+        f"double talk {scene.double_talk}), best of {args.repeats} interleaved runs"
     )
-    print(f"preprocessor (read back from the C state; linked in aec+pp): {settings}")
+    print(f"   preprocessor (read back from the C state; linked in aec+pp): {settings}")
+    print(
+        "   ERLE over far-only stretches of the second half; SDR: SI-SDR of the near end in "
+        "double talk (mic: "
+        f"{si_sdr_db(scene.talker, scene.mic, double_talk):.1f} dB); chain = CaptureChain "
+        "with delay 0 (auto: estimated), soxr to 24 kHz, gain off"
+    )
     with tempfile.TemporaryDirectory(prefix="kioskvoice-bench-") as tmp:
         workdir = Path(tmp)
-        scene.near.tofile(workdir / "near.raw")
+        scene.mic.tofile(workdir / "near.raw")
         scene.far.tofile(workdir / "far.raw")
-        exe, why = _build_c_floor(workdir)
+        exe, with_soxr, why = _build_c_floor(workdir)
         if exe is None:
-            print(f"C floor unavailable: {why}")
+            print(f"   C floor unavailable: {why}")
+        elif not with_soxr:
+            print("   C floor without soxr (install libsoxr-dev): chain compared with C aec+pp")
         header = (
             f"{'block':>5} {'tail':>5}  {'implementation':<16} {'cpu ms/s':>8} {'ERLE dB':>8}"
-            f"  {'x C':>6} {'py us/block':>11}  {'==C':>4}"
+            f" {'SDR dB':>7}  {'x C':>6} {'py us/block':>11}  {'==C':>4}"
         )
         print(header)
         print("-" * len(header))
         for block_ms, tail_ms in itertools.product((10, 20), (100, 200, 300)):
             frame_size = rate * block_ms // 1000
-            near, far = scene.frames(frame_size)
+            near, far = scene.blocks(frame_size)
             runs = _runs(
                 (frame_size, rate * tail_ms // 1000, rate),
                 near,
                 far,
                 oracle=oracle,
-                floor=None if exe is None else (exe, workdir),
+                floor=None if exe is None else (exe, workdir, with_soxr),
                 settings=settings,
             )
             # Interleaved so that a noisy neighbour slows every implementation alike.
@@ -399,12 +394,118 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if floor in best:
                     ratio = f"{cpu / best[floor]:.3f}"
                     overhead = f"{(cpu - best[floor]) / len(near) * 1e6:.2f}"
-                    same = "yes" if np.array_equal(outputs[label], outputs[floor]) else "NO"
-                erle = erle_db(scene.near, outputs[label], settle)
+                    if not label.startswith("chain"):
+                        same = "yes" if np.array_equal(outputs[label], outputs[floor]) else "NO"
+                erle = erle_over(scene.mic, outputs[label], far_only)
+                sdr = si_sdr_db(scene.talker, outputs[label], double_talk)
                 print(
                     f"{block_ms:>3}ms {tail_ms:>3}ms  {label:<16} {cpu / audio_s * 1e3:>8.2f}"
-                    f" {erle:>8.1f}  {ratio:>6} {overhead:>11}  {same:>4}".rstrip()
+                    f" {erle:>8.1f} {sdr:>7.1f}  {ratio:>6} {overhead:>11}  {same:>4}".rstrip()
                 )
+
+
+def _offline(scene: RoomScene, options: DspOptions, frame_ms: int = 20) -> np.ndarray:
+    chain = CaptureChain(
+        rate=scene.sample_rate, channels=1, channel=0, frame_ms=frame_ms, options=options
+    )
+    frame = scene.sample_rate * frame_ms // 1000
+    out = []
+    for mic, far in zip(*scene.blocks(frame), strict=True):
+        chain.far_end(far)
+        chain.process(mic)
+        out.append(chain.last_clean)
+    chain.close()
+    return np.frombuffer(b"".join(out), dtype=np.int16)
+
+
+def _alignment_table(args: argparse.Namespace, rate: int) -> None:
+    seconds = max(args.seconds, 20.0)
+    print(
+        f"\n2. reference_delay_ms=auto vs hand-aligned (145 ms), echo 120 ms later than the "
+        f"scene's 25 ms: {seconds:g} s, ERLE over far-only stretches after {seconds / 2:g} s"
+    )
+    print(f"{'seed':>9} {'block':>5}  {'found ms':>8} {'hand dB':>8} {'auto dB':>8} {'diff':>6}")
+    for seed in (20240917, 1, 2):
+        scene = _bench_scene(seconds, rate, extra_delay_ms=120.0, seed=seed)
+        mask = scene.far_only(settle_s=seconds / 2)
+        for block_ms in (10, 20):
+            hand = _offline(scene, DspOptions(reference_delay_ms=145), block_ms)
+            chain_options = DspOptions()
+            chain = CaptureChain(
+                rate=rate, channels=1, channel=0, frame_ms=block_ms, options=chain_options
+            )
+            frame = rate * block_ms // 1000
+            out = []
+            for mic, far in zip(*scene.blocks(frame), strict=True):
+                chain.far_end(far)
+                chain.process(mic)
+                out.append(chain.last_clean)
+            auto = np.frombuffer(b"".join(out), dtype=np.int16)
+            found = chain.delay_ms or float("nan")
+            a, b = erle_over(scene.mic, hand, mask), erle_over(scene.mic, auto, mask)
+            print(f"{seed:>9} {block_ms:>3}ms  {found:>8.1f} {a:>8.1f} {b:>8.1f} {b - a:>+6.1f}")
+
+
+def _gain_table(args: argparse.Namespace, rate: int) -> None:
+    seconds = max(args.seconds, 20.0)
+    print(
+        f"\n3. gain control ({seconds:g} s conversation: the visitor alone at 25-33-45 %, double "
+        "talk at 38 % and 80 %; near end 0/-10/-20 dB relative to the echo). echo/near: the "
+        "output's level in far-only stretches relative to near-only ones (lower is better)"
+    )
+    print(
+        f"{'near dB':>7} {'agc':>6}  {'ERLE dB':>8} {'echo/near':>9} {'near dBFS':>9} {'DT SDR':>7}"
+    )
+
+    def at(f: float, length: float) -> tuple[float, float]:
+        return (round(f * seconds, 2), round(f * seconds + length, 2))
+
+    for near_db in (0.0, -10.0, -20.0):
+        scene = make_room_scene(
+            sample_rate=rate,
+            seconds=seconds,
+            double_talk=(at(0.38, 1.5), at(0.8, 1.5)),
+            near_only=(at(0.25, 2.0), at(0.6, 2.5), at(0.92, 1.5)),
+            near_to_echo_db=near_db,
+        )
+        settle = 0.4 * seconds
+        far_only = scene.far_only(settle_s=settle)
+        near_only = scene.near_only_mask(settle_s=settle)
+        double_talk = scene.double_talk_mask(settle_s=settle)
+        for agc in ("off", "speex", "post"):
+            out = _offline(scene, DspOptions(agc=agc))  # type: ignore[arg-type]
+            samples = out.astype(np.float64)
+            stop = len(samples)
+            e_far = float(np.mean(samples[far_only[:stop]] ** 2))
+            e_near = float(np.mean(samples[near_only[:stop]] ** 2))
+            near_dbfs = 10 * np.log10(max(e_near, 1e-9) / 32768.0**2)
+            print(
+                f"{near_db:>7.0f} {agc:>6}  {erle_over(scene.mic, out, far_only):>8.1f} "
+                f"{10 * np.log10(max(e_far, 1e-9) / max(e_near, 1e-9)):>9.1f} "
+                f"{near_dbfs:>9.1f} {si_sdr_db(scene.talker, out, double_talk):>7.1f}"
+            )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and print its tables; returns the process exit status."""
+    parser = argparse.ArgumentParser(prog="python -m kioskvoice.dsp.bench_speex")
+    parser.add_argument("--seconds", type=float, default=16.0, help="audio per run")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per figure (best kept)")
+    parser.add_argument(
+        "--only", choices=("chains", "align", "gain"), default=None, help="one table only"
+    )
+    args = parser.parse_args(argv)
+    rate = 16000
+    print(
+        "kioskvoice DSP bench: CPU ms per second of audio (process_time, best of interleaved "
+        "runs), ERLE and near-end SDR; figures to read, never to assert"
+    )
+    if args.only in (None, "chains"):
+        _chains_table(args, rate)
+    if args.only in (None, "align"):
+        _alignment_table(args, rate)
+    if args.only in (None, "gain"):
+        _gain_table(args, rate)
     return 0
 
 

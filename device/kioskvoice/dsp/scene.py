@@ -1,0 +1,315 @@
+"""Synthetic echo scenes and the measures used to judge the chain (tests, bench, ``dsp`` tool).
+
+Two scenes:
+
+- :func:`make_echo_scene`: a speech-like far end through a short synthetic room (50 ms of
+  reflections), far end only unless a talker is added; the Speex binding's tests use it.
+- :func:`make_room_scene`: the acceptance room of the DSP issue: a 25 ms direct path, RT60
+  about 0.3 s, near-end speech in double-talk stretches, low noise, an optional extra delay
+  that the chain does not know. It keeps the clean near end, so the near end's quality in
+  double talk can be measured (:func:`si_sdr_db`).
+
+Everything is deterministic for a given seed. numpy only; nothing here runs in the live chain
+except :func:`active_blocks` and :func:`erle_db` (used by the ``dsp`` tool's report).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "EchoScene",
+    "RoomScene",
+    "active_blocks",
+    "erle_db",
+    "erle_over",
+    "make_echo_scene",
+    "make_room_scene",
+    "room_impulse_response",
+    "si_sdr_db",
+    "speech_like",
+]
+
+
+@dataclass(frozen=True)
+class EchoScene:
+    """What the speaker played and what the mic heard."""
+
+    far: np.ndarray
+    """Reference played by the speaker, int16."""
+    near: np.ndarray
+    """Mic signal, int16: the far end through the room impulse response, noise, any talker."""
+    sample_rate: int
+
+    def frames(self, frame_size: int) -> tuple[list[bytes], list[bytes]]:
+        """Split into whole frames of ``frame_size`` samples: ``(near_frames, far_frames)``."""
+        count = len(self.near) // frame_size
+        near = [self.near[i * frame_size : (i + 1) * frame_size].tobytes() for i in range(count)]
+        far = [self.far[i * frame_size : (i + 1) * frame_size].tobytes() for i in range(count)]
+        return near, far
+
+
+def speech_like(samples: int, rate: int, rng: np.random.Generator) -> np.ndarray:
+    """Syllable-like bursts (gliding harmonic chirps and hiss) separated by short pauses.
+
+    Non-stationary on purpose: a stationary far end would be learnt as noise by the denoiser,
+    hiding what the residual echo suppression adds.
+    """
+    out = np.zeros(samples)
+    pos = int(0.05 * rate)
+    while pos < samples:
+        length = min(int(rng.uniform(0.08, 0.30) * rate), samples - pos)
+        t = np.arange(length) / rate
+        if rng.random() < 0.7:
+            f0 = rng.uniform(100.0, 220.0) * (1.0 + rng.uniform(-0.3, 0.3) * t / max(t[-1], 1e-3))
+            phase = 2.0 * np.pi * np.cumsum(f0) / rate
+            formant = rng.uniform(400.0, 2500.0)
+            burst = np.zeros(length)
+            for k in range(1, int(4000.0 / f0.max()) + 1):
+                gain = 1.0 / k + 2.0 / (1.0 + ((k * f0.mean() - formant) / 300.0) ** 2)
+                burst += gain * np.sin(k * phase + rng.uniform(0.0, 2.0 * np.pi))
+        else:
+            burst = np.diff(rng.standard_normal(length + 1)) * 2.0
+        out[pos : pos + length] = burst * np.hanning(length) * rng.uniform(0.4, 1.0)
+        pos += length + int(rng.uniform(0.03, 0.20) * rate)
+    return out
+
+
+def _short_room(rate: int, delay_ms: float, rng: np.random.Generator) -> np.ndarray:
+    """Pure delay, a direct path at -6 dB, then 50 ms of exponentially decaying reflections."""
+    delay = round(delay_ms * rate / 1000)
+    tail = int(0.05 * rate)
+    response = np.zeros(delay + tail)
+    response[delay] = 0.5
+    decay = np.exp(-np.arange(1, tail) / (0.008 * rate))
+    response[delay + 1 :] = rng.standard_normal(tail - 1) * 0.15 * decay
+    return response
+
+
+def _to_int16(signal: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(signal), -32768, 32767).astype(np.int16)
+
+
+def make_echo_scene(
+    *,
+    sample_rate: int = 16000,
+    seconds: float = 8.0,
+    delay_ms: float = 25.0,
+    far_rms: float = 3000.0,
+    noise_rms: float = 10.0,
+    double_talk: tuple[float, float] | None = None,
+    seed: int = 20240601,
+) -> EchoScene:
+    """Deterministic scene: speech-like far end, short synthetic room, low white noise.
+
+    Far-end only unless ``double_talk=(start_s, stop_s)`` adds a near-end talker (as loud as
+    the echo) over that interval.
+    """
+    rng = np.random.default_rng(seed)
+    samples = int(sample_rate * seconds)
+    far = speech_like(samples, sample_rate, rng)
+    far *= far_rms / np.sqrt(np.mean(far**2))
+    far = np.clip(np.round(far), -32768, 32767)
+    echo = np.convolve(far, _short_room(sample_rate, delay_ms, rng))[:samples]
+    near = echo + rng.standard_normal(samples) * noise_rms
+    if double_talk is not None:
+        start, stop = (round(s * sample_rate) for s in double_talk)
+        talker = speech_like(stop - start, sample_rate, rng)
+        talker *= np.sqrt(np.mean(echo**2) / np.mean(talker**2))
+        near[start:stop] += talker
+    return EchoScene(far=far.astype(np.int16), near=_to_int16(near), sample_rate=sample_rate)
+
+
+def room_impulse_response(
+    rate: int,
+    *,
+    delay_ms: float = 25.0,
+    rt60_s: float = 0.3,
+    drr_db: float = 6.0,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """A loudspeaker-to-mic response: pure delay, a direct path at -6 dB, a few early
+    reflections, then a diffuse exponential tail with the given RT60 (energy -60 dB after
+    ``rt60_s``) and direct-to-reverberant ratio, cut at -60 dB."""
+    delay = round(delay_ms * rate / 1000)
+    length = int(rt60_s * rate)
+    response = np.zeros(delay + length)
+    direct = 0.5
+    response[delay] = direct
+    for _ in range(6):  # early reflections 2-25 ms after the direct sound
+        at = delay + int(rng.uniform(0.002, 0.025) * rate)
+        response[at] += direct * rng.uniform(0.15, 0.45) * rng.choice((-1.0, 1.0))
+    t = np.arange(1, length) / rate
+    decay = np.exp(-3.0 * np.log(10.0) * t / rt60_s)  # amplitude: -60 dB at rt60_s
+    tail = rng.standard_normal(length - 1) * decay
+    # Scale the diffuse tail so that direct / reverberant energy = drr_db.
+    tail *= np.sqrt(direct**2 / 10.0 ** (drr_db / 10.0) / np.sum(tail**2))
+    response[delay + 1 :] += tail
+    return response
+
+
+@dataclass(frozen=True)
+class RoomScene:
+    """A scene with a known clean near end and known double-talk stretches."""
+
+    far: np.ndarray
+    """Reference played by the speaker, int16."""
+    mic: np.ndarray
+    """What the mic heard, int16: echo + near-end talker + noise."""
+    talker: np.ndarray
+    """The clean near-end talker alone (float, zero outside the double-talk stretches)."""
+    sample_rate: int
+    double_talk: tuple[tuple[float, float], ...]
+    """(start_s, stop_s) of each stretch where both talk."""
+    near_only: tuple[tuple[float, float], ...]
+    """(start_s, stop_s) of each stretch where only the near end talks."""
+    delay_ms: float
+    """Delay of the echo's direct path behind the reference (room plus any extra delay)."""
+
+    def blocks(self, frame_size: int) -> tuple[list[bytes], list[bytes]]:
+        """Whole blocks: ``(mic_blocks, far_blocks)``."""
+        count = len(self.mic) // frame_size
+        mic = [self.mic[i * frame_size : (i + 1) * frame_size].tobytes() for i in range(count)]
+        far = [self.far[i * frame_size : (i + 1) * frame_size].tobytes() for i in range(count)]
+        return mic, far
+
+    def far_only(self, *, settle_s: float, margin_s: float = 0.3) -> np.ndarray:
+        """Boolean mask of samples after ``settle_s`` with no near-end talker (the echo of a
+        double-talk stretch's end is given ``margin_s``)."""
+        mask = np.zeros(len(self.mic), dtype=bool)
+        mask[round(settle_s * self.sample_rate) :] = True
+        for start, stop in (*self.double_talk, *self.near_only):
+            a = round((start - margin_s) * self.sample_rate)
+            b = round((stop + margin_s) * self.sample_rate)
+            mask[max(a, 0) : b] = False
+        return mask
+
+    def double_talk_mask(self, *, settle_s: float = 0.0) -> np.ndarray:
+        """Boolean mask of the double-talk samples after ``settle_s``."""
+        return self._mask(self.double_talk, settle_s)
+
+    def near_only_mask(self, *, settle_s: float = 0.0) -> np.ndarray:
+        """Boolean mask of the near-end-only samples after ``settle_s``."""
+        return self._mask(self.near_only, settle_s)
+
+    def _mask(self, stretches: tuple[tuple[float, float], ...], settle_s: float) -> np.ndarray:
+        mask = np.zeros(len(self.mic), dtype=bool)
+        for start, stop in stretches:
+            mask[round(start * self.sample_rate) : round(stop * self.sample_rate)] = True
+        mask[: round(settle_s * self.sample_rate)] = False
+        return mask
+
+
+def make_room_scene(
+    *,
+    sample_rate: int = 16000,
+    seconds: float = 12.0,
+    room_delay_ms: float = 25.0,
+    extra_delay_ms: float = 0.0,
+    rt60_s: float = 0.3,
+    far_rms: float = 3000.0,
+    noise_rms: float = 20.0,
+    double_talk: Sequence[tuple[float, float]] = ((5.0, 6.5), (9.0, 10.5)),
+    near_only: Sequence[tuple[float, float]] = (),
+    near_to_echo_db: float = 0.0,
+    seed: int = 20240917,
+) -> RoomScene:
+    """The acceptance room: speech-like far end through :func:`room_impulse_response`, a
+    speech-like near-end talker in ``double_talk`` stretches (``near_to_echo_db`` relative to
+    the echo's level), white noise, and ``extra_delay_ms`` between the reference and the echo
+    that a chain is not told about. In ``near_only`` stretches the far end is silent and the
+    talker speaks alone (a conversation's turns); they count as talker stretches too."""
+    rng = np.random.default_rng(seed)
+    samples = int(sample_rate * seconds)
+    far = speech_like(samples, sample_rate, rng)
+    far = np.round(far * (far_rms / np.sqrt(np.mean(far**2))))
+    far = np.clip(far, -32768, 32767)
+    for start_s, stop_s in near_only:
+        far[round(start_s * sample_rate) : round(stop_s * sample_rate)] = 0.0
+    delay_ms = room_delay_ms + extra_delay_ms
+    response = room_impulse_response(sample_rate, delay_ms=delay_ms, rt60_s=rt60_s, rng=rng)
+    size = 1 << int(np.ceil(np.log2(samples + len(response))))
+    echo = np.fft.irfft(np.fft.rfft(far, size) * np.fft.rfft(response, size), size)[:samples]
+    talker = np.zeros(samples)
+    echo_power = np.mean(echo[round(delay_ms * sample_rate / 1000) :] ** 2)
+    for start_s, stop_s in (*double_talk, *near_only):
+        start, stop = round(start_s * sample_rate), round(stop_s * sample_rate)
+        voice = speech_like(stop - start, sample_rate, rng)
+        voice *= np.sqrt(echo_power / np.mean(voice**2)) * 10.0 ** (near_to_echo_db / 20.0)
+        talker[start:stop] = voice
+    mic = echo + talker + rng.standard_normal(samples) * noise_rms
+    return RoomScene(
+        far=far.astype(np.int16),
+        mic=_to_int16(mic),
+        talker=talker,
+        sample_rate=sample_rate,
+        double_talk=tuple((float(a), float(b)) for a, b in double_talk),
+        near_only=tuple((float(a), float(b)) for a, b in near_only),
+        delay_ms=delay_ms,
+    )
+
+
+# --- measures -------------------------------------------------------------------------------
+
+
+def erle_db(mic: np.ndarray, out: np.ndarray, start: int = 0) -> float:
+    """Echo return loss enhancement: 10*log10(mic energy / output energy) from ``start`` on."""
+    stop = min(len(mic), len(out))
+    mic_energy = float(np.sum(mic[start:stop].astype(np.float64) ** 2))
+    out_energy = float(np.sum(out[start:stop].astype(np.float64) ** 2))
+    return 10.0 * np.log10(mic_energy / max(out_energy, 1e-9))
+
+
+def erle_over(mic: np.ndarray, out: np.ndarray, mask: np.ndarray) -> float:
+    """ERLE over the samples where ``mask`` is true (e.g. the far-only stretches)."""
+    stop = min(len(mic), len(out), len(mask))
+    keep = mask[:stop]
+    mic_energy = float(np.sum(mic[:stop][keep].astype(np.float64) ** 2))
+    out_energy = float(np.sum(out[:stop][keep].astype(np.float64) ** 2))
+    return 10.0 * np.log10(max(mic_energy, 1e-9) / max(out_energy, 1e-9))
+
+
+def si_sdr_db(
+    clean: np.ndarray, out: np.ndarray, mask: np.ndarray | None = None, *, max_lag: int = 400
+) -> float:
+    """Scale-invariant signal-to-distortion ratio of ``out`` against ``clean`` (dB).
+
+    ``out`` may lag ``clean`` by up to ``max_lag`` samples (the preprocessor delays its output
+    by one frame); the best lag is used. Residual echo, noise and speech distortion all count
+    as distortion. ``mask`` restricts the measure to some samples (the double-talk stretches).
+    """
+    n = min(len(clean), len(out))
+    reference = clean[:n].astype(np.float64)
+    estimate = out.astype(np.float64)
+    keep = np.ones(n, dtype=bool) if mask is None else mask[:n]
+    index = np.flatnonzero(keep)
+    index = index[index + max_lag < len(estimate)]
+    target = reference[index]
+    best = -np.inf
+    energy = float(np.dot(target, target))
+    if energy <= 0.0:
+        return best
+    # Coarse-to-fine would be faster; the lag range is small and this runs only in tests.
+    lags = range(0, max_lag + 1)
+    scores = [float(np.dot(estimate[index + lag], target)) for lag in lags]
+    lag = int(np.argmax(scores))
+    estimated = estimate[index + lag]
+    alpha = scores[lag] / energy
+    distortion = estimated - alpha * target
+    best = 10.0 * np.log10(alpha**2 * energy / max(float(np.dot(distortion, distortion)), 1e-9))
+    return best
+
+
+def active_blocks(signal: np.ndarray, block: int, *, floor_dbfs: float = -50.0) -> np.ndarray:
+    """Per block of ``block`` samples, whether its RMS level is above ``floor_dbfs`` and within
+    40 dB of the loudest block (a reference that is playing, not silence)."""
+    count = len(signal) // block
+    if count == 0:
+        return np.zeros(0, dtype=bool)
+    frames = signal[: count * block].astype(np.float64).reshape(count, block)
+    rms = np.sqrt(np.mean(frames**2, axis=1))
+    level = 20.0 * np.log10(np.maximum(rms, 1e-3) / 32768.0)
+    return (level > floor_dbfs) & (level > level.max() - 40.0)
