@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import test_e2e
+from kioskvoice.app import PROGRESS_STALL_S
 from kioskvoice.system.notify import Notifier
 from test_e2e import cli, start_daemon
 
@@ -252,17 +253,21 @@ async def test_capture_stall_withholds_the_watchdog(
 
         feeder.flowing.clear()  # PortAudio's read now blocks in the ALSA plugin
         stalled = time.monotonic()
-        await asyncio.sleep(5.0)
-        late = listener.times("WATCHDOG=1", after=stalled + 2.0 + 0.5)
-        assert late == [], "the watchdog was petted while capture was stalled"
+        # Lost after 1.5 s without frames; the wedged read then blocks recovery too, so
+        # progress stops and the watchdog is withheld after PROGRESS_STALL_S more.
+        withheld_by = 1.5 + PROGRESS_STALL_S + 0.5
+        await asyncio.sleep(withheld_by + 2.0)
+        late = listener.times("WATCHDOG=1", after=stalled + withheld_by)
+        assert late == [], "the watchdog was petted while capture was wedged"
 
-        feeder.flowing.set()  # the device is back: pings resume
+        feeder.flowing.set()  # the device is back: recovery completes, pings resume
         resumed = time.monotonic()
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(4.0)
         assert listener.times("WATCHDOG=1", after=resumed)
 
         code, stderr = await _terminate(proc)
         assert code == 0, stderr
+        assert stderr.count("event=device_lost") == 1, stderr
         assert stderr.count("capture_stalled") == 1, stderr
     finally:
         feeder.close()

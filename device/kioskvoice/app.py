@@ -16,12 +16,14 @@ from collections.abc import Callable
 from typing import Any
 
 from .audio.player import Player
-from .audio.streams import AudioSystem, FrameQueue
+from .audio.streams import FrameQueue, ResilientAudio
 from .config import Settings
-from .dsp.chain import CaptureChain
+from .dsp.chain import CaptureChain, DspOptions
 from .events import (
     Action,
     CommitTurn,
+    DeviceBack,
+    DeviceLost,
     DiscardTurn,
     Interrupt,
     LinkDown,
@@ -55,9 +57,10 @@ TICK_S = 0.05
 RESEND_CHUNK_BYTES = 24000  # 0.5 s of 24 kHz PCM16 per append when a turn is sent again
 COUNTERS_S = 60.0  # overflow counters are checked this often, never logged per frame
 STATS_EVERY = 10  # a stats record every STATS_EVERY * COUNTERS_S, even when all is well
-# No capture block for this long means the capture stream is wedged (PortAudio on ALSA can
-# hang instead of raising when a USB device goes away).
-CAPTURE_STALL_S = 2.0
+# Audio making no progress this long (no capture block, and no recovery attempt either) means
+# a PortAudio call is wedged: withhold the watchdog so systemd restarts us. It allows the
+# 1.5 s stall detection plus a PortAudio re-initialisation, which can take a second.
+PROGRESS_STALL_S = 5.0
 _KIOSK_EVENTS = (
     Press,
     Release,
@@ -69,6 +72,8 @@ _KIOSK_EVENTS = (
     ReplyAudio,
     ResponseDone,
     ServerError,
+    DeviceLost,
+    DeviceBack,
 )
 
 
@@ -133,26 +138,43 @@ class App:
         )
         REDACTOR.add(self._supervisor.credentials.values())
 
-        audio = AudioSystem()
+        a = settings.audio
+        audio = ResilientAudio(
+            a.input_device,
+            a.output_device,
+            rate=a.sample_rate,
+            channels=a.input_channels,
+            frame_ms=a.frame_ms,
+            on_lost=lambda reason: self.post_threadsafe(DeviceLost(reason)),
+            on_back=lambda: self.post_threadsafe(DeviceBack()),
+        )
         panel = Panel(settings.gpio, self.post_threadsafe, pin_factory=self._pin_factory)
         control = ControlServer(settings.control.socket, self._control)
-        mic = speaker = None
+        chain: CaptureChain | None = None
         try:
-            a = settings.audio
-            chain = CaptureChain(rate=a.sample_rate, channels=a.input_channels, channel=a.channel)
-            mic = audio.open_input(
-                a.input_device, rate=a.sample_rate, channels=a.input_channels, frame_ms=a.frame_ms
+            audio.open()
+            self._player = Player(audio.output_rate, audio.output_block_samples)
+            chain = CaptureChain(
+                rate=a.sample_rate,
+                channels=a.input_channels,
+                channel=a.channel,
+                frame_ms=a.frame_ms,
+                options=DspOptions(**settings.dsp.model_dump()) if settings.dsp.enabled else None,
+                out_rate=audio.output_rate,
             )
-            speaker = audio.open_output(a.output_device, frame_ms=a.frame_ms)
-            self._player = Player(speaker.rate, speaker.rate * a.frame_ms // 1000)
+            chain.on_delay = lambda delay_ms, confidence: self._call_threadsafe(
+                self._log_delay, delay_ms, confidence
+            )
             self._frames = frames = FrameQueue(loop)
             await control.start()
             panel.open()
             self._panel = panel
             self.on_state.append(panel.show)
             panel.show(self.kiosk.state)
-            mic.start(lambda block: frames.push_threadsafe(chain.process(block)))
-            speaker.start(self._player, on_played=chain.far_end)
+            process = chain.process
+            audio.start(
+                lambda block: frames.push_threadsafe(process(block)), self._player, chain.far_end
+            )
             log_event(log, logging.INFO, "config_loaded", "kiosk started")
             self.ready.set()
             # READY once config is loaded and devices are open; the link may still be
@@ -162,7 +184,8 @@ class App:
                 async with asyncio.TaskGroup() as tasks:
                     if self.notifier.watchdog_interval_s:
                         tasks.create_task(
-                            self._watchdog(mic, self.notifier.watchdog_interval_s), name="watchdog"
+                            self._watchdog(audio, self.notifier.watchdog_interval_s),
+                            name="watchdog",
                         )
                     tasks.create_task(self._supervisor.run(), name="link")
                     tasks.create_task(self._pump(frames), name="pump")
@@ -173,10 +196,11 @@ class App:
                 pass
         finally:
             self.notifier.stopping()
-            for device in (mic, speaker):
-                if device is not None:
-                    device.stop()
-            audio.close()
+            # A wedged driver can block stop() for seconds: keep the loop (and SIGTERM's
+            # 5 s promise) free of it.
+            await asyncio.to_thread(audio.stop)
+            if chain is not None:
+                chain.close()  # only once audio stopped: its threads use the chain
             panel.close()
             await control.close()
             log_event(log, logging.INFO, "stopped", "kiosk stopped")
@@ -185,12 +209,13 @@ class App:
         await self._stop.wait()
         raise _Stop
 
-    async def _watchdog(self, mic: Any, interval_s: float) -> None:
-        """Pet systemd's watchdog only while the loop runs (this task) and capture flows."""
+    async def _watchdog(self, audio: ResilientAudio, interval_s: float) -> None:
+        """Pet systemd's watchdog only while the loop runs (this task) and audio makes
+        progress (capture flows, or recovery from a lost device keeps trying)."""
         stalled = False
         while True:
             await asyncio.sleep(interval_s)
-            if time.monotonic() - mic.last_block_at < CAPTURE_STALL_S:
+            if time.monotonic() - audio.last_progress_at < PROGRESS_STALL_S:
                 self.notifier.watchdog()
                 stalled = False
             elif not stalled:
@@ -277,6 +302,21 @@ class App:
 
     # --- events ------------------------------------------------------------------------------
 
+    def _call_threadsafe(self, callback: Callable[..., None], *args: Any) -> None:
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # loop closed during shutdown
+                self._loop.call_soon_threadsafe(callback, *args)
+
+    def _log_delay(self, delay_ms: float, confidence: float) -> None:
+        log_event(
+            log,
+            logging.INFO,
+            "dsp_delay",
+            f"echo reference aligned at {delay_ms:.1f} ms",
+            delay_ms=round(delay_ms, 1),
+            confidence=round(confidence, 1),
+        )
+
     def post_threadsafe(self, event: Any) -> None:
         """Post from a foreign thread (gpiozero)."""
         if self._loop is not None:
@@ -286,6 +326,14 @@ class App:
     def post(self, event: Any) -> None:
         """Handle one event on the loop: kiosk events drive the state machine; transcripts
         and protocol noise are logged."""
+        if isinstance(event, DeviceLost | DeviceBack):
+            lost = isinstance(event, DeviceLost)
+            log_event(
+                log,
+                logging.ERROR if lost else logging.INFO,
+                "device_lost" if lost else "device_back",
+                f"audio device lost: {event.reason}" if lost else "audio devices are back",
+            )
         if isinstance(event, _KIOSK_EVENTS):
             assert self._loop is not None
             if isinstance(event, ResponseDone) and self._player is not None:

@@ -69,9 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole kiosk against the simulator, no hardware")
     p.add_argument("--out", type=Path, default=None, help="directory for the demo's WAV files")
     sub.add_parser("devices", help="list audio devices")
+    # Their own modules register these (and import numpy/soxr only when they run).
     from . import diag
+    from .audio import record
 
     diag.add_parser(sub)
+    record.add_parsers(sub)  # record, dsp
     return parser
 
 
@@ -84,10 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "simulate": _simulate,
         "demo": _demo,
         "devices": _devices,
-        "diag": lambda a: a.handler(a),
     }
+    handler = handlers.get(args.command) or args.handler
     try:
-        return handlers[args.command](args)
+        return handler(args)
     except ConfigError as exc:
         print(f"kioskvoice: {exc}", file=sys.stderr)
         return EX_CONFIG

@@ -135,8 +135,9 @@ class AudioSettings(_Section):
     played, valid at any stop)."""
     input_channels: Annotated[int, Field(ge=1, le=16)] = 1
     """Channels to open on the capture device (ReSpeaker USB 4-mic, 6-channel firmware: 6)."""
-    channel: Annotated[int, Field(ge=0, le=15)] = 0
-    """Which captured channel carries the voice (ReSpeaker: 0 is the processed channel)."""
+    channel: Annotated[int, Field(ge=0, le=15)] | list[Annotated[int, Field(ge=0, le=15)]] = 0
+    """Which captured channel carries the voice (ReSpeaker: 0 is its own processed channel),
+    or a list of channels to average (ReSpeaker's raw mics: ``[1, 2, 3, 4]``)."""
     sample_rate: Literal[16000, 24000, 48000] = 16000
     """Capture rate in Hz; the DSP runs at this rate and resamples to 24 kHz for the model."""
     frame_ms: Literal[10, 20] = 20
@@ -146,12 +147,44 @@ class AudioSettings(_Section):
 
     @model_validator(mode="after")
     def _channel_in_range(self) -> AudioSettings:
-        if self.channel >= self.input_channels:
+        channels = self.channel if isinstance(self.channel, list) else [self.channel]
+        if not channels or len(set(channels)) != len(channels):
+            raise ValueError(f"channel={self.channel}: give distinct channels")
+        if max(channels) >= self.input_channels:
             raise ValueError(
-                f"channel={self.channel} needs input_channels > {self.channel} "
+                f"channel={self.channel} needs input_channels > {max(channels)} "
                 f"(input_channels={self.input_channels})"
             )
         return self
+
+
+class DspSettings(_Section):
+    """Echo cancellation, noise suppression and gain control on the microphone."""
+
+    enabled: bool = True
+    """Run the Speex chain; off: the microphone goes to the model as captured."""
+    reference_delay_ms: Literal["auto"] | Annotated[int, Field(ge=0, le=1000)] = "auto"
+    """Playback-to-capture delay. ``auto`` measures it from the kiosk's own replies and
+    follows drift; a number is what ``kioskvoice dsp`` reports for this kiosk."""
+    tail_ms: Literal["auto"] | Annotated[int, Field(ge=20, le=1000)] = "auto"
+    """Echo filter length; ``auto`` covers the room (about 160 ms)."""
+    denoise: bool = True
+    """Noise suppression; it also applies the residual echo suppression."""
+    noise_suppress_db: Annotated[int, Field(ge=-60, le=0)] = -30
+    """Maximum noise attenuation."""
+    echo_suppress_db: Annotated[int, Field(ge=-90, le=0)] = -40
+    """Maximum residual echo attenuation while the visitor is silent."""
+    echo_suppress_active_db: Annotated[int, Field(ge=-90, le=0)] = -15
+    """Maximum residual echo attenuation while the visitor talks."""
+    agc: Literal["off", "post", "speex"] = "off"
+    """Gain control: ``off`` (measured best here), ``post`` (a slow leveller after the
+    chain), ``speex`` (Speex's own AGC)."""
+    agc_level_dbfs: Annotated[int, Field(ge=-40, le=-6)] = -24
+    """Target speech level for gain control."""
+    agc_max_gain_db: Annotated[int, Field(ge=0, le=40)] = 20
+    """Most gain the ``post`` leveller applies."""
+    max_delay_ms: Annotated[int, Field(ge=50, le=1000)] = 500
+    """Longest delay ``auto`` searches for."""
 
 
 class InteractionSettings(_Section):
@@ -211,6 +244,7 @@ class Settings(BaseSettings):
 
     realtime: RealtimeSettings = RealtimeSettings()
     audio: AudioSettings = AudioSettings()
+    dsp: DspSettings = DspSettings()
     interaction: InteractionSettings = InteractionSettings()
     gpio: GpioSettings = GpioSettings()
     control: ControlSettings = ControlSettings()

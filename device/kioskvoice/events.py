@@ -107,6 +107,18 @@ class ServerError:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceLost:
+    """An audio device stopped delivering (error, or no frames) and is being reopened."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceBack:
+    """The audio devices work again."""
+
+
 Event = (
     Press
     | Release
@@ -118,6 +130,8 @@ Event = (
     | ReplyAudio
     | ResponseDone
     | ServerError
+    | DeviceLost
+    | DeviceBack
 )
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 from .events import (
     Action,
     CommitTurn,
+    DeviceBack,
+    DeviceLost,
     DiscardTurn,
     Event,
     Interrupt,
@@ -68,6 +70,8 @@ class Kiosk:
         self.deliver_within_s = deliver_within_s
         self.state = State.OFFLINE
         self.link_up = False
+        self.device_ok = True
+        self._fatal = False  # the link failed for a reason only an operator can fix
         self._deliver_by: float | None = None  # set while a turn waits for the link
         self._pressed_at = 0.0
         self._committed_at = 0.0
@@ -86,6 +90,8 @@ class Kiosk:
             ReplyAudio: self._on_reply_audio,
             ResponseDone: self._on_response_done,
             ServerError: self._on_server_error,
+            DeviceLost: self._on_device_lost,
+            DeviceBack: self._on_device_back,
         }
 
     def handle(self, event: Event, now: float) -> list[Action]:
@@ -178,6 +184,9 @@ class Kiosk:
 
     def _on_link_up(self, event: LinkUp, now: float) -> list[Action]:
         self.link_up = True
+        self._fatal = False
+        if not self.device_ok:
+            return []  # still ERROR: no microphone or speaker
         if self._deliver_by is not None and self.state is State.THINKING:
             return self._commit(now)  # the turn that waited for the link
         if self.state in (State.OFFLINE, State.ERROR):
@@ -187,6 +196,8 @@ class Kiosk:
 
     def _on_link_down(self, event: LinkDown, now: float) -> list[Action]:
         self.link_up = False
+        if not self.device_ok:
+            return []
         if self.state is State.LISTENING:
             return []  # keep recording; the turn is delivered when the link returns
         if self.state is State.THINKING and self._audio_item is None:
@@ -202,6 +213,7 @@ class Kiosk:
 
     def _on_link_fatal(self, event: LinkFatal, now: float) -> list[Action]:
         self.link_up = False
+        self._fatal = True
         actions: list[Action] = []
         if self.state in (State.LISTENING, State.THINKING):
             actions.append(Notice("turn_dropped", event.code))
@@ -235,6 +247,22 @@ class Kiosk:
             self._forget_response()
             actions += self._go(State.IDLE)
         return actions
+
+    def _on_device_lost(self, event: DeviceLost, now: float) -> list[Action]:
+        self.device_ok = False
+        actions: list[Action] = []
+        if self.state in (State.LISTENING, State.THINKING):
+            actions.append(Notice("turn_dropped", f"audio device lost: {event.reason}"))
+        if self.state is State.SPEAKING:
+            actions.append(Notice("reply_cut", "audio device lost"))
+        self._forget_response()
+        return [*actions, *self._go(State.ERROR)]
+
+    def _on_device_back(self, event: DeviceBack, now: float) -> list[Action]:
+        self.device_ok = True
+        if self.state is State.ERROR and not self._fatal:
+            return self._go(State.IDLE if self.link_up else State.OFFLINE)
+        return []
 
     def _on_server_error(self, event: ServerError, now: float) -> list[Action]:
         if event.code in _TURN_REJECTED and self.state is State.THINKING:
