@@ -153,7 +153,23 @@ def test_no_reply_times_out() -> None:
     kiosk.handle(Release(), 2.0)
     assert kiosk.handle(Tick(), 21.9) == []
     actions = kiosk.handle(Tick(), 22.0)
-    assert Notice("no_reply") in actions and kiosk.state is State.IDLE
+    assert Notice("no_reply", "no progress") in actions and kiosk.state is State.IDLE
+
+
+def test_a_started_response_that_stalls_times_out() -> None:
+    kiosk = online()
+    kiosk.handle(Press(), 1.0)
+    kiosk.handle(Release(), 2.0)
+    kiosk.handle(ResponseStarted("r"), 10.0)  # progress restarts the clock
+    assert kiosk.handle(Tick(), 29.9) == []
+    assert Notice("no_reply", "no progress") in kiosk.handle(Tick(), 30.0)
+
+
+def test_a_reply_that_stops_midway_times_out_once_played() -> None:
+    kiosk = speaking(online())  # last audio at 3.2
+    assert kiosk.handle(Tick(playback_idle=False), 30.0) == []  # still playing: wait
+    actions = kiosk.handle(Tick(playback_idle=True), 30.1)
+    assert Notice("reply_cut", "no progress") in actions and kiosk.state is State.IDLE
 
 
 def test_response_without_audio_returns_to_idle_and_failure_is_noticed() -> None:
@@ -212,6 +228,17 @@ def test_link_down_before_the_reply_sends_the_turn_again() -> None:
     assert kinds(kiosk.handle(ReplyAudio("r2", "i2", b"\0\0"), 4.3)) == [
         "StateChanged",
         "PlayAudio",
+    ]
+
+
+def test_link_down_after_the_whole_reply_arrived_lets_it_play() -> None:
+    kiosk = speaking(online())
+    kiosk.handle(ResponseDone("resp_1", "completed"), 3.5)
+    assert not kiosk.busy
+    assert kiosk.handle(LinkDown("close_1006"), 4.0) == []
+    assert kiosk.state is State.SPEAKING
+    assert kiosk.handle(Tick(playback_idle=True), 5.0) == [
+        StateChanged(State.SPEAKING, State.OFFLINE)
     ]
 
 

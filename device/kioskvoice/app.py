@@ -134,7 +134,7 @@ class App:
             settings.realtime,
             credentials_from(settings.realtime, Supervisor.session_request(settings.realtime)),
             post=self.post,
-            is_idle=lambda: self.kiosk.state is State.IDLE,
+            is_idle=lambda: not self.kiosk.busy,
         )
         REDACTOR.add(self._supervisor.credentials.values())
 

@@ -74,11 +74,11 @@ class Kiosk:
         self._fatal = False  # the link failed for a reason only an operator can fix
         self._deliver_by: float | None = None  # set while a turn waits for the link
         self._pressed_at = 0.0
-        self._committed_at = 0.0
         self._awaiting_response = False
         self._response_id: str | None = None
         self._response_done = False
         self._audio_item: str | None = None
+        self._progress_at = 0.0  # last sign of life of the current response
         self._handlers = {
             Press: self._on_press,
             Release: self._on_release,
@@ -104,6 +104,14 @@ class Kiosk:
         return self._awaiting_response or (
             self._response_id is not None and not self._response_done
         )
+
+    @property
+    def busy(self) -> bool:
+        """A turn needs the current session: audio is streaming or the server still works on
+        the reply (a reply fully received and only playing locally does not)."""
+        if self.state is State.SPEAKING:
+            return not self._response_done
+        return self.state in (State.LISTENING, State.THINKING)
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -137,7 +145,7 @@ class Kiosk:
     def _commit(self, now: float) -> list[Action]:
         self._deliver_by = None
         self._awaiting_response = True
-        self._committed_at = now
+        self._progress_at = now
         return [CommitTurn()]
 
     # --- handlers ---------------------------------------------------------------------------
@@ -171,15 +179,18 @@ class Kiosk:
             return [Notice("turn_dropped", waited), *self._go(State.ERROR)]
         if self.state is State.SPEAKING and self._response_done and event.playback_idle:
             self._forget_response()
-            return self._go(State.IDLE)
+            return self._go(State.IDLE if self.link_up else State.OFFLINE)
         if (
-            self.state is State.THINKING
-            and self._awaiting_response
-            and self._response_id is None
-            and now - self._committed_at >= self.reply_timeout_s
+            self.state in (State.THINKING, State.SPEAKING)
+            and self.response_in_progress
+            and now - self._progress_at >= self.reply_timeout_s
+            and event.playback_idle
         ):
+            # The response stopped making progress (no event for reply_timeout_s): never
+            # hang in thinking or speaking.
+            kind = "no_reply" if self.state is State.THINKING else "reply_cut"
             self._forget_response()
-            return [Notice("no_reply"), *self._go(State.IDLE)]
+            return [Notice(kind, "no progress"), *self._go(State.IDLE)]
         return []
 
     def _on_link_up(self, event: LinkUp, now: float) -> list[Action]:
@@ -205,6 +216,8 @@ class Kiosk:
             self._forget_response()
             self._deliver_by = now + self.deliver_within_s
             return []
+        if self.state is State.SPEAKING and self._response_done:
+            return []  # the whole reply is here: let it play out
         actions: list[Action] = []
         if self.state is State.SPEAKING:
             actions.append(Notice("reply_cut", event.reason or "link down"))
@@ -226,6 +239,7 @@ class Kiosk:
         if self.state is State.THINKING and self._awaiting_response:
             self._awaiting_response = False
             self._response_id = event.response_id
+            self._progress_at = now
         return []
 
     def _on_reply_audio(self, event: ReplyAudio, now: float) -> list[Action]:
@@ -234,6 +248,7 @@ class Kiosk:
         if self.state not in (State.THINKING, State.SPEAKING):
             return []
         self._audio_item = event.item_id
+        self._progress_at = now
         return [*self._go(State.SPEAKING), PlayAudio(event.item_id, event.pcm)]
 
     def _on_response_done(self, event: ResponseDone, now: float) -> list[Action]:

@@ -313,6 +313,10 @@ class Supervisor:
                         preparing = None
                     elif self._is_idle() or now >= force_at:
                         next_link, preparing = preparing.result(), None
+                        if not self._is_idle():
+                            # Forced mid-turn: what the old session was doing for the turn
+                            # is lost with it; the kiosk sends the turn again or says so.
+                            self._post(LinkDown("rollover"))
                         self._retire(link, serving)
                         return next_link, None
                 waiting: set[asyncio.Task[Any]] = {serving}
