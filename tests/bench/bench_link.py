@@ -94,7 +94,12 @@ async def soak(tmp: Path, speech: Path, seconds: float, cap_s: float) -> None:
                     await k.turn(pin, hold_s=0.8, timeout_s=20)
                 except TimeoutError:
                     failed += 1
-                    await k.until(lambda: app.kiosk.state is State.IDLE, timeout_s=30)
+                    print(f"turn {turns} failed: {app.status()}", flush=True)
+                    try:
+                        await k.until(lambda: app.kiosk.state is State.IDLE, timeout_s=30)
+                    except TimeoutError:
+                        print(f"  still not idle after 30 s: {app.status()}", flush=True)
+                        break
                 await asyncio.sleep(1.5)
             rss_end = rss_kb()
             status = app.status()
