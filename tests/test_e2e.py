@@ -104,7 +104,9 @@ async def test_push_to_talk_turn_through_the_daemon(sim, daemon_env, tmp_path: P
             if e["type"] == "input_audio_buffer.append"
         )
         seconds = len(appended) / 48000
-        assert 1.7 <= seconds <= 3.0, seconds
+        # 2 s held, plus 0.3 s of pre-roll, plus however long the second `ctl` process
+        # took to start on a loaded machine.
+        assert 1.9 <= seconds <= 3.5, seconds
         for event in session.received:
             assert_client_event(event)
 

@@ -8,6 +8,7 @@ Buttons post events through ``call_soon_threadsafe``; LEDs and logs listen to st
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .audio.earcons import Earcons
 from .audio.player import Player
 from .audio.streams import FrameQueue, ResilientAudio
 from .config import Settings
@@ -35,6 +37,7 @@ from .events import (
     Press,
     Release,
     ReplyAudio,
+    Reset,
     ResponseDone,
     ResponseStarted,
     ServerError,
@@ -43,7 +46,7 @@ from .events import (
     Tick,
 )
 from .kiosk import Kiosk
-from .panel import Panel
+from .panel import Look, Panel
 from .realtime.credentials import credentials_from
 from .realtime.protocol import Ignored, Malformed, Protocol, Transcript
 from .realtime.supervisor import Supervisor
@@ -74,6 +77,7 @@ _KIOSK_EVENTS = (
     ServerError,
     DeviceLost,
     DeviceBack,
+    Reset,
 )
 
 
@@ -115,6 +119,15 @@ class App:
         self._turn_session: str | None = None
         self._turn_gap = False
         self._dropped_appends = 0
+        self._earcons = Earcons(settings.interaction)
+        self._earcon_seq = itertools.count()
+        # The last preroll_ms of audio, kept while the mic is closed, opens the next turn.
+        frames = max(0, settings.interaction.preroll_ms // settings.audio.frame_ms)
+        self._preroll: collections.deque[bytes] = collections.deque(maxlen=frames)
+        self._long_press: asyncio.TimerHandle | None = None
+        self._panel: Panel | None = None
+        self._last_press = 0.0
+        self._conversation_dirty = False
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -137,6 +150,8 @@ class App:
             is_idle=lambda: not self.kiosk.busy,
         )
         REDACTOR.add(self._supervisor.credentials.values())
+        self._earcons.load()
+        self._last_press = loop.time()
 
         a = settings.audio
         audio = ResilientAudio(
@@ -148,7 +163,7 @@ class App:
             on_lost=lambda reason: self.post_threadsafe(DeviceLost(reason)),
             on_back=lambda: self.post_threadsafe(DeviceBack()),
         )
-        panel = Panel(settings.gpio, self.post_threadsafe, pin_factory=self._pin_factory)
+        panel = Panel(settings.gpio, self.post, pin_factory=self._pin_factory)
         control = ControlServer(settings.control.socket, self._control)
         chain: CaptureChain | None = None
         try:
@@ -167,7 +182,7 @@ class App:
             )
             self._frames = frames = FrameQueue(loop)
             await control.start()
-            panel.open()
+            panel.open(loop)
             self._panel = panel
             self.on_state.append(panel.show)
             panel.show(self.kiosk.state)
@@ -262,26 +277,37 @@ class App:
         return f"{self.kiosk.state.value}, link {link}"
 
     async def _ticker(self) -> None:
-        assert self._player is not None
+        assert self._player is not None and self._loop is not None
+        idle_reset_s = self.settings.interaction.idle_reset_s
         while True:
             await asyncio.sleep(TICK_S)
             self.post(Tick(playback_idle=self._player.idle))
+            if (
+                self._conversation_dirty
+                and not self.kiosk.busy
+                and self._loop.time() - self._last_press >= idle_reset_s
+            ):
+                # Visitor privacy: the next visitor must not meet this conversation.
+                self.post(Reset("idle"))
 
     async def _pump(self, frames: FrameQueue) -> None:
-        sup = self._supervisor
-        assert sup is not None
         while True:
             frame = await frames.get()
-            if not self.mic_open:
-                continue
-            self._turn_audio += frame
-            session = sup.link.session_id if sup.link else None
-            if self._turn_session is None and not self._turn_gap:
-                self._turn_session = session
-            if session != self._turn_session or not sup.send(
-                Protocol.append, frame, droppable=True
-            ):
-                self._turn_gap = True
+            if self.mic_open:
+                self._stream(frame)
+            else:
+                self._preroll.append(frame)
+
+    def _stream(self, frame: bytes) -> None:
+        """One frame of the current turn: kept for a resend, sent live when possible."""
+        sup = self._supervisor
+        assert sup is not None
+        self._turn_audio += frame
+        session = sup.link.session_id if sup.link else None
+        if self._turn_session is None and not self._turn_gap:
+            self._turn_session = session
+        if session != self._turn_session or not sup.send(Protocol.append, frame, droppable=True):
+            self._turn_gap = True
 
     def _deliver_turn(self) -> None:
         """Commit the turn; first send its audio again if the live stream missed any of it
@@ -338,8 +364,12 @@ class App:
             assert self._loop is not None
             if isinstance(event, ResponseDone) and self._player is not None:
                 self._player.finish()
-            for action in self.kiosk.handle(event, self._loop.time()):
-                self._do(action)
+            actions = self.kiosk.handle(event, self._loop.time())
+            interrupted = any(isinstance(a, Interrupt) for a in actions)
+            for action in actions:
+                self._do(action, interrupted)
+            if isinstance(event, Press):
+                self._on_press()
         elif isinstance(event, Transcript):
             self._transcript(event)
         elif isinstance(event, Malformed):
@@ -364,19 +394,24 @@ class App:
         assert self._supervisor is not None
         return self._supervisor.send(build, *args)
 
-    def _do(self, action: Action) -> None:
+    def _do(self, action: Action, interrupted: bool = False) -> None:
         assert self._player is not None and self._loop is not None
         now = self._loop.time()
         match action:
             case OpenMic():
-                assert self._frames is not None
-                self._frames.clear()  # audio captured before the press is not the visitor's turn
                 self.mic_open = True
                 self.turns += 1
+                self._conversation_dirty = True
                 self._turn_audio.clear()
                 self._turn_session, self._turn_gap = None, False
                 self._turn_started_at = now
                 log_event(log, logging.INFO, "turn_start", "listening", turn=self.turns)
+                if not interrupted:
+                    # After a barge-in the sudden silence is the feedback; a beep would break
+                    # the promise that the speaker goes quiet.
+                    self._earcon("listening")
+                while self._preroll:  # the first syllable, said just before the press
+                    self._stream(self._preroll.popleft())
             case CommitTurn():
                 if self.mic_open:
                     self.mic_open = False
@@ -394,6 +429,7 @@ class App:
                 self.mic_open = False
                 self._turn_audio.clear()
                 self._send(Protocol.clear)
+                self._cancel_long_press()
             case PlayAudio(item_id=item_id, pcm=pcm):
                 self._turn_audio.clear()  # answered: nothing left to send again
                 if self._released_at is not None:
@@ -420,13 +456,28 @@ class App:
             case Notice(kind=kind, detail=detail):
                 if kind == "turn_dropped":
                     self._turn_audio.clear()
+                    self._earcon("error")
+                elif kind == "too_short":
+                    self._earcon("too_short")
+                    if self._panel is not None:
+                        self._panel.show(Look.TOO_SHORT)
+                elif kind == "unavailable":
+                    self._earcon("error")
+                elif kind == "new_visitor":
+                    self._turn_audio.clear()
+                    self._conversation_dirty = False
+                    assert self._supervisor is not None
+                    self._supervisor.reset()
                 level = logging.INFO if kind in ("too_short", "max_turn") else logging.WARNING
                 event = "turn_dropped" if kind == "turn_dropped" else kind
                 log_event(log, level, event, f"{kind} {detail}".strip(), turn=self.turns)
             case StateChanged(old=old, new=new):
+                if old is State.LISTENING:
+                    self._cancel_long_press()
                 if old is State.LISTENING and new is State.THINKING and self.mic_open:
                     # Released while the link is down: the turn waits for delivery.
                     self.mic_open = False
+                    self._earcon("offline")
                     log_event(
                         log,
                         logging.INFO,
@@ -459,6 +510,28 @@ class App:
             "turns": self.turns,
             "dropped_frames": self._frames.dropped if self._frames else 0,
         }
+
+    def _earcon(self, name: str) -> None:
+        """Play a local sound through the player (the echo canceller's far end)."""
+        pcm = self._earcons.get(name)
+        if pcm is not None and self._player is not None:
+            item = f"earcon-{name}-{next(self._earcon_seq)}"
+            self._player.feed(item, pcm)
+            self._player.finish()
+
+    def _on_press(self) -> None:
+        assert self._loop is not None
+        self._last_press = self._loop.time()
+        self._cancel_long_press()
+        if self.kiosk.state is State.LISTENING:
+            self._long_press = self._loop.call_later(
+                self.settings.interaction.long_press_s, self.post, Reset("long_press")
+            )
+
+    def _cancel_long_press(self) -> None:
+        if self._long_press is not None:
+            self._long_press.cancel()
+            self._long_press = None
 
     def _control(self, cmd: str) -> dict[str, Any]:
         if cmd == "press":

@@ -194,6 +194,27 @@ class InteractionSettings(_Section):
     """Interaction mode. Push-to-talk: hold the button while speaking."""
     min_turn_ms: Annotated[int, Field(ge=100, le=5000)] = 250
     """A press shorter than this is a tap: nothing is sent (the server rejects < 100 ms)."""
+    preroll_ms: Annotated[int, Field(ge=0, le=1000)] = 300
+    """Audio from just before the press that is sent with the turn, so the first syllable
+    is never clipped."""
+    long_press_s: Annotated[float, Field(ge=1, le=60)] = 5.0
+    """Holding the button this long means "new visitor": the conversation is reset."""
+    idle_reset_s: Annotated[float, Field(ge=1, le=86400)] = 120.0
+    """After this long without a press the conversation is forgotten: the next visitor
+    starts afresh (a new session, nothing replayed)."""
+    earcons: bool = True
+    """Short sounds on press and on a too-short tap, and a spoken message when a turn cannot
+    be served. Played locally, never sent to the model."""
+    sound_listening: Path | None = None
+    """WAV played on press (default: a short rising beep)."""
+    sound_too_short: Path | None = None
+    """WAV played on a too-short tap (default: a short falling beep)."""
+    sound_offline: Path | None = None
+    """WAV played when a turn is released while the link is down (default: a spoken
+    "One moment, I am reconnecting...")."""
+    sound_error: Path | None = None
+    """WAV played when a press cannot be served or a turn was lost (default: a spoken
+    "Sorry, I cannot answer right now...")."""
 
 
 class GpioSettings(_Section):
@@ -203,13 +224,28 @@ class GpioSettings(_Section):
     """Push-to-talk button (to ground, internal pull-up); unset for no button."""
     button_active_low: bool = True
     """True when the button connects the pin to ground (pull-up wiring)."""
+    debounce_ms: Annotated[int, Field(ge=0, le=500)] = 30
+    """Contact chatter shorter than this makes one press (the first edge acts at once)."""
     status_led_pin: Annotated[int, Field(ge=0, le=27)] | None = None
-    """Optional status LED (through a resistor to ground)."""
+    """Optional single status LED, dimmable (PWM), through a resistor to ground."""
+    rgb_led_pins: list[Annotated[int, Field(ge=0, le=27)]] | None = None
+    """Optional RGB status LED: [red, green, blue] pins (common cathode)."""
+    ring_led_pin: Annotated[int, Field(ge=0, le=27)] | None = None
+    """Optional LED in or around the button: lit when a press will be heard."""
+
+    @field_validator("rgb_led_pins")
+    @classmethod
+    def _three_pins(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and len(value) != 3:
+            raise ValueError("needs three pins: [red, green, blue]")
+        return value
 
     @model_validator(mode="after")
     def _distinct_pins(self) -> GpioSettings:
-        if self.button_pin is not None and self.button_pin == self.status_led_pin:
-            raise ValueError(f"button_pin and status_led_pin are both {self.button_pin}")
+        pins = [self.button_pin, self.status_led_pin, self.ring_led_pin, *(self.rgb_led_pins or [])]
+        used = [p for p in pins if p is not None]
+        if len(set(used)) != len(used):
+            raise ValueError(f"a pin is used twice: {used}")
         return self
 
 

@@ -108,6 +108,13 @@ class ServerError:
 
 
 @dataclass(frozen=True, slots=True)
+class Reset:
+    """New visitor (a long press, the idle timeout): forget the conversation."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceLost:
     """An audio device stopped delivering (error, or no frames) and is being reopened."""
 
@@ -132,6 +139,7 @@ Event = (
     | ServerError
     | DeviceLost
     | DeviceBack
+    | Reset
 )
 
 
@@ -175,7 +183,8 @@ class Interrupt:
 @dataclass(frozen=True, slots=True)
 class Notice:
     """Something the visitor or operator should learn: ``too_short``, ``max_turn``,
-    ``unavailable``, ``turn_dropped``, ``no_reply``, ``reply_failed``."""
+    ``unavailable``, ``turn_dropped``, ``no_reply``, ``reply_cut``, ``reply_failed``,
+    ``new_visitor``."""
 
     kind: str
     detail: str = ""

@@ -35,6 +35,7 @@ from .events import (
     Press,
     Release,
     ReplyAudio,
+    Reset,
     ResponseDone,
     ResponseStarted,
     ServerError,
@@ -92,6 +93,7 @@ class Kiosk:
             ServerError: self._on_server_error,
             DeviceLost: self._on_device_lost,
             DeviceBack: self._on_device_back,
+            Reset: self._on_reset,
         }
 
     def handle(self, event: Event, now: float) -> list[Action]:
@@ -278,6 +280,20 @@ class Kiosk:
         if self.state is State.ERROR and not self._fatal:
             return self._go(State.IDLE if self.link_up else State.OFFLINE)
         return []
+
+    def _on_reset(self, event: Reset, now: float) -> list[Action]:
+        actions: list[Action] = []
+        if self.state is State.LISTENING:
+            actions.append(DiscardTurn())
+        elif self.state in (State.THINKING, State.SPEAKING):
+            actions.append(
+                Interrupt(self._response_id, self._audio_item, self.response_in_progress)
+            )
+        self._forget_response()
+        actions.append(Notice("new_visitor", event.reason))
+        if self.state in (State.LISTENING, State.THINKING, State.SPEAKING):
+            actions += self._go(State.IDLE if self.link_up else State.OFFLINE)
+        return actions
 
     def _on_server_error(self, event: ServerError, now: float) -> list[Action]:
         if event.code in _TURN_REJECTED and self.state is State.THINKING:

@@ -133,11 +133,13 @@ class Supervisor:
         )
         self._omit_model = False
         self._retiring: set[asyncio.Task[None]] = set()
+        self._reset = asyncio.Event()
+        self.resets = 0
 
     @property
     def reconnects(self) -> int:
-        """Sessions established after the first one, rollovers excluded."""
-        return max(0, self.sessions - 1 - self.rollovers)
+        """Sessions established after a failure (not rollovers, not resets)."""
+        return max(0, self.sessions - 1 - self.rollovers - self.resets)
 
     @property
     def session_age_s(self) -> float | None:
@@ -152,9 +154,12 @@ class Supervisor:
         options = SessionOptions(settings.instructions, settings.voice, settings.transcribe_input)
         return {**Protocol(options).session_config(), "model": settings.model}
 
-    def forget(self) -> None:
-        """Drop the remembered turns: the next session starts without this conversation."""
+    def reset(self) -> None:
+        """New visitor: forget the remembered turns and replace the current session (whose
+        server-side conversation holds them) with a fresh one. The kiosk is told the link
+        went down meanwhile, so no turn can reach the old conversation."""
         self.history.clear()
+        self._reset.set()
 
     def send(
         self, build: Callable[..., dict[str, Any]], *args: Any, droppable: bool = False
@@ -189,6 +194,13 @@ class Supervisor:
                     link = next_link
                     continue
                 assert failure is not None
+                if failure.code == "reset":
+                    self.resets += 1
+                    self.link = None
+                    self._post(LinkDown("reset"))
+                    log_event(log, logging.INFO, "conversation_reset", "new visitor: new session")
+                    link = None
+                    continue
                 if time.monotonic() - served_from >= self.healthy_after_s:
                     attempt = 0
                 if link.expired or failure.code == "close_1001":
@@ -241,6 +253,7 @@ class Supervisor:
     async def _open_link(self) -> Link:
         """Fetch a fresh secret, connect, configure and replay the recent turns."""
         secret = await self.credentials.fetch()
+        self._reset.clear()  # a reset asked for after this point replaces this session too
         model = None if self._omit_model else self.settings.model
         link: Link
 
@@ -299,8 +312,13 @@ class Supervisor:
         next_try = roll_at
         tries = 0
         preparing: asyncio.Task[Link] | None = None
+        reset = asyncio.create_task(self._reset.wait(), name="reset")
         try:
             while True:
+                if reset.done():
+                    serving.cancel()
+                    await link.close()
+                    return None, Failure("reset", False, "conversation reset")
                 now = time.monotonic()
                 if preparing is None and now >= next_try:
                     preparing = asyncio.create_task(self._open_link(), name="next session")
@@ -319,7 +337,7 @@ class Supervisor:
                             self._post(LinkDown("rollover"))
                         self._retire(link, serving)
                         return next_link, None
-                waiting: set[asyncio.Task[Any]] = {serving}
+                waiting: set[asyncio.Task[Any]] = {serving, reset}
                 if preparing is not None:
                     waiting.add(preparing)
                     timeout = IDLE_POLL_S
@@ -338,6 +356,7 @@ class Supervisor:
             await link.close()
             raise
         finally:
+            reset.cancel()
             if preparing is not None:
                 preparing.cancel()
                 if preparing.done() and not preparing.cancelled() and not preparing.exception():
