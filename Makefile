@@ -52,6 +52,7 @@ test: lint
 SOAK_S ?= 1000
 bench: venv
 	$(BIN)/python -m kioskvoice.dsp.bench_speex
+	$(BIN)/python tests/bench/bench_panel.py --runs 50
 	$(BIN)/python tests/bench/bench_link.py --drops 20 --soak-s $(SOAK_S)
 
 clean:
