@@ -21,6 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from kioskvoice.sim import Faults, Simulator, Truncation, voice
+from kioskvoice.sim.server import EnergyVad, VadEdge, VadParams, threshold_dbfs
 from realtime_schema import assert_client_event, assert_server_event
 
 API_KEY = "test-key"
@@ -82,6 +83,13 @@ class Client:
         """Events up to and including the first of ``event_type``."""
         events = [await self.recv()]
         while events[-1]["type"] != event_type:
+            events.append(await self.recv())
+        return events
+
+    async def recv_until_any(self, event_types: set[str]) -> list[dict[str, Any]]:
+        """Events up to and including the first whose type is in ``event_types``."""
+        events = [await self.recv()]
+        while events[-1]["type"] not in event_types:
             events.append(await self.recv())
         return events
 
@@ -459,10 +467,14 @@ async def test_item_create_truncate_and_clear(sim: Simulator) -> None:
         assert session.items[-1]["id"] == reply_id
         assert session.items[-1]["content"][0]["transcript"] is None
 
-        # Clear drops buffered audio: a commit right after finds nothing.
+        # Clear drops buffered audio: a commit right after finds nothing. This session kept the
+        # default server VAD, so the tone is heard first; the clear ends that speech silently.
         await client.append_audio(speech(0.3))
         await client.send({"type": "input_audio_buffer.clear"})
-        assert (await client.recv())["type"] == "input_audio_buffer.cleared"
+        assert types_of(await client.recv_until("input_audio_buffer.cleared")) == [
+            "input_audio_buffer.speech_started",
+            "input_audio_buffer.cleared",
+        ]
         await client.send({"type": "input_audio_buffer.commit"})
         error = (await client.recv_until("error"))[-1]["error"]
         assert error["code"] == "input_audio_buffer_commit_empty"
@@ -707,3 +719,353 @@ def test_synthesize_falls_back_to_tones(monkeypatch: pytest.MonkeyPatch) -> None
     voice.synthesize.cache_clear()
     monkeypatch.setattr(voice, "ESPEAK_EXECUTABLE", "false")
     assert voice.synthesize("You spoke.", RATE) == short
+
+
+# --- server VAD ----------------------------------------------------------------------------
+
+PHRASE = "Please open the door."  # about a second of espeak-ng speech
+SPEECH_DBFS = -45.0  # the level threshold 0.5 maps to
+SERVER_VAD = {"type": "server_vad", "silence_duration_ms": 500}
+SERVER_VAD_DEFAULTS = {
+    "type": "server_vad",
+    "threshold": 0.5,
+    "prefix_padding_ms": 300,
+    "silence_duration_ms": 500,
+    "idle_timeout_ms": None,
+    "create_response": True,
+    "interrupt_response": True,
+}
+SPEECH_EVENTS = {"input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped"}
+
+
+def silence(seconds: float) -> bytes:
+    return bytes(int(seconds * RATE) * 2)
+
+
+def utterance() -> bytes:
+    """The phrase padded with digital silence to whole 20 ms windows (keeps offsets exact)."""
+    pcm = voice.synthesize(PHRASE, RATE)
+    return pcm + bytes(-len(pcm) % CHUNK)
+
+
+def loud_span_ms(pcm: bytes) -> tuple[int, int]:
+    """Start of the first and end of the last 20 ms window above SPEECH_DBFS, in ms."""
+    windows = np.frombuffer(pcm[: len(pcm) // CHUNK * CHUNK], dtype="<i2").astype(np.float64)
+    power = np.mean(windows.reshape(-1, CHUNK // 2) ** 2, axis=1)
+    loud = np.flatnonzero(10 * np.log10(power / 32768**2 + 1e-20) > SPEECH_DBFS)
+    return int(loud[0]) * 20, (int(loud[-1]) + 1) * 20
+
+
+def noise(seconds: float, dbfs: float, seed: int = 7) -> bytes:
+    rms = 32768 * 10 ** (dbfs / 20)
+    samples = np.random.default_rng(seed).normal(0, rms, int(seconds * RATE))
+    return np.round(samples).astype("<i2").tobytes()
+
+
+def audio_ms(pcm: bytes) -> int:
+    return len(pcm) // (2 * RATE // 1000)
+
+
+def vad_session(turn_detection: dict[str, Any] | None, **audio_input: Any) -> dict[str, Any]:
+    return {
+        "type": "realtime",
+        "audio": {"input": {"turn_detection": turn_detection, **audio_input}},
+    }
+
+
+def without_streaming(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events if e["type"] not in DELTA_TYPES | {TRANSCRIPTION_DONE}]
+
+
+def test_threshold_mapping() -> None:
+    assert threshold_dbfs(0.0) == -70.0
+    assert threshold_dbfs(0.5) == -45.0
+    assert threshold_dbfs(1.0) == -20.0
+    assert threshold_dbfs(7) == -20.0  # clamped
+    params = VadParams.from_turn_detection(SERVER_VAD_DEFAULTS)
+    assert params == VadParams(-45.0, 300, 500, True, True)
+    # Null fields mean the defaults; semantic VAD has a fixed silence and default level.
+    assert VadParams.from_turn_detection({"type": "server_vad", "threshold": None}) == params
+    semantic = VadParams.from_turn_detection(
+        {"type": "semantic_vad", "eagerness": "high", "create_response": False}
+    )
+    assert semantic == VadParams(-45.0, 300, 500, False, True)
+    assert VadParams.from_turn_detection(None) is None
+
+
+def test_energy_vad_edges_depend_only_on_audio() -> None:
+    params = VadParams.from_turn_detection(SERVER_VAD_DEFAULTS)
+    speech_pcm = utterance()
+    first, last = loud_span_ms(speech_pcm)
+    lead = noise(1.0, -60.0) + silence(0.5)
+    stream = lead + speech_pcm + silence(1.0)
+    offset = audio_ms(lead)
+    expected = [
+        VadEdge(started=True, at_ms=offset + first),
+        VadEdge(started=False, at_ms=offset + last + 500, speech_ms=last - first),
+    ]
+
+    whole = EnergyVad()
+    assert whole.feed(stream, params) == expected
+    assert not whole.in_speech
+    # Odd chunk sizes (even split samples) give the same edges: partial windows wait.
+    chunked = EnergyVad()
+    edges: list[VadEdge] = []
+    for start in range(0, len(stream), 777):
+        edges += chunked.feed(stream[start : start + 777], params)
+    assert edges == expected
+
+    # Low noise and digital silence are not speech at 0.5; a low threshold hears the noise.
+    assert EnergyVad().feed(noise(1.0, -60.0) + silence(1.0), params) == []
+    sensitive = VadParams.from_turn_detection({"type": "server_vad", "threshold": 0.1})
+    assert EnergyVad().feed(noise(1.0, -60.0), sensitive)[0] == VadEdge(True, 0)
+
+    # With VAD off the detector only keeps time; turning it on mid-session keeps audio time.
+    late = EnergyVad()
+    assert late.feed(speech(1.0), None) == []
+    assert late.feed(speech_pcm, params) == [VadEdge(True, 1000 + first)]
+    assert late.in_speech
+    late.reset()  # a manual commit or clear: the turn is forgotten, no end edge follows
+    assert late.feed(silence(1.0), params) == []
+
+
+async def test_server_vad_turns_commit_and_reply_automatically(sim: Simulator) -> None:
+    speech_pcm = utterance()
+    first, last = loud_span_ms(speech_pcm)
+    spoken = f"{(last - first) / 1000:.1f}"
+    turn_audio = speech_pcm + silence(1.0)
+    async with ga_client(sim) as client:
+        transcription = {"model": "gpt-4o-mini-transcribe"}
+        await client.send(
+            {
+                "type": "session.update",
+                "session": vad_session(SERVER_VAD, transcription=transcription),
+            }
+        )
+        updated = (await client.recv_until("session.updated"))[-1]["session"]
+        # Merged into the default server VAD (which has a 200 ms silence) from session.created.
+        assert updated["audio"]["input"]["turn_detection"] == SERVER_VAD_DEFAULTS
+
+        position = 0  # ms of audio appended so far in this session
+        buffer_start = 0  # where the input buffer began (the previous turn's audio_end_ms)
+        previous_item: str | None = None
+        for _turn in range(2):
+            await client.append_audio(turn_audio)
+            events = await client.recv_until("response.done")
+            if TRANSCRIPTION_DONE not in types_of(events):
+                events += await client.recv_until(TRANSCRIPTION_DONE)
+            flow = without_streaming(events)
+            assert types_of(flow) == [
+                "input_audio_buffer.speech_started",
+                "input_audio_buffer.speech_stopped",
+                "input_audio_buffer.committed",
+                "conversation.item.added",
+                "conversation.item.done",
+                "response.created",
+                "response.output_item.added",
+                "conversation.item.added",
+                "response.content_part.added",
+                "response.output_audio.done",
+                "response.output_audio_transcript.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "conversation.item.done",
+                "response.done",
+            ]
+            started, stopped, committed, added = flow[:4]
+            # Audio time: ms of appended audio, padded by prefix_padding_ms within the buffer.
+            assert started["audio_start_ms"] == max(buffer_start, position + first - 300)
+            assert stopped["audio_end_ms"] == position + last + 500
+            user_id = started["item_id"]
+            assert stopped["item_id"] == committed["item_id"] == added["item"]["id"] == user_id
+            assert committed["previous_item_id"] == previous_item
+            transcript = next(e for e in events if e["type"] == TRANSCRIPTION_DONE)
+            assert (transcript["item_id"], transcript["transcript"]) == (
+                user_id,
+                f"({spoken} seconds of speech)",
+            )
+            done = flow[-1]["response"]
+            assert done["status"] == "completed"
+            assert done["output"][0]["content"] == [
+                {"type": "output_audio", "transcript": f"You spoke for {spoken} seconds."}
+            ]
+            previous_item = done["output"][0]["id"]
+            buffer_start = stopped["audio_end_ms"]
+            position += audio_ms(turn_audio)
+
+        items = sim.sessions[0].items
+        assert [i["role"] for i in items] == ["user", "assistant", "user", "assistant"]
+        assert len(sim.sessions[0].sent_of_type("response.done")) == 2
+        assert_all_valid(sim, client)
+
+
+async def test_speech_interrupts_running_response() -> None:
+    speech_pcm = utterance()
+    first, last = loud_span_ms(speech_pcm)
+    async with (
+        Simulator(api_key=API_KEY, burst_ms=40, burst_interval_s=0.1) as sim,
+        ga_client(sim) as client,
+    ):
+        await client.send({"type": "session.update", "session": vad_session(SERVER_VAD)})
+        await client.recv_until("session.updated")
+        await client.append_audio(speech_pcm + silence(1.0))
+        before = await client.recv_until("response.output_audio.delta")
+        first_id = next(e for e in before if e["type"] == "response.created")["response"]["id"]
+
+        # The user talks over the reply: speech_started, then the reply ends as turn_detected.
+        await client.append_audio(speech_pcm)
+        interrupted = await client.recv_until("response.done")
+        kinds = types_of(interrupted)
+        assert kinds.index("input_audio_buffer.speech_started") < kinds.index("response.done")
+        assert "response.output_audio.done" not in kinds
+        barge_in = next(e for e in interrupted if e["type"] == "input_audio_buffer.speech_started")
+        done = interrupted[-1]["response"]
+        assert done["id"] == first_id
+        assert done["status"] == "cancelled"
+        assert done["status_details"] == {"type": "cancelled", "reason": "turn_detected"}
+        assert done["output"][0]["status"] == "incomplete"
+
+        # The new turn ends with silence and gets its own reply; the old one stays silent.
+        sim.burst_interval_s = 0
+        await client.append_audio(silence(1.0))
+        rest = await client.recv_until("response.done")
+        flow = without_streaming(rest)
+        assert types_of(flow)[:6] == [
+            "input_audio_buffer.speech_stopped",
+            "input_audio_buffer.committed",
+            "conversation.item.added",
+            "conversation.item.done",
+            "response.created",
+            "response.output_item.added",
+        ]
+        assert flow[0]["item_id"] == flow[1]["item_id"] == barge_in["item_id"]
+        second = flow[-1]["response"]
+        assert second["id"] != first_id
+        assert second["status"] == "completed"
+        spoken = f"{(last - first) / 1000:.1f}"
+        assert second["output"][0]["content"][0]["transcript"] == f"You spoke for {spoken} seconds."
+
+        after_cancel = client.received[client.received.index(interrupted[-1]) + 1 :]
+        assert [e for e in after_cancel if e.get("response_id") == first_id] == []
+        sent = sim.sessions[0].sent
+        assert [e["response"]["id"] for e in sim.sessions[0].sent_of_type("response.done")] == [
+            first_id,
+            second["id"],
+        ]
+        cancel_at = next(i for i, e in enumerate(sent) if e["type"] == "response.done")
+        assert [e for e in sent[cancel_at:] if e.get("response_id") == first_id] == []
+        assert_all_valid(sim, client)
+
+
+async def test_push_to_talk_emits_no_vad_events(sim: Simulator) -> None:
+    loud = np.round(0.9 * 32767 * np.sin(2 * np.pi * 440 * np.arange(RATE) / RATE))
+    async with ga_client(sim) as client:
+        await client.send({"type": "session.update", "session": PTT_SESSION})
+        await client.recv_until("session.updated")
+        await client.append_audio(loud.astype("<i2").tobytes() + utterance() + silence(1.0))
+        await client.send({"type": "input_audio_buffer.clear"})
+        assert types_of(await client.recv_until("input_audio_buffer.cleared")) == [
+            "input_audio_buffer.cleared"
+        ]
+        # Turning VAD off mid-speech forgets that speech: no speech_stopped, no commit.
+        await client.send({"type": "session.update", "session": vad_session(SERVER_VAD)})
+        await client.recv_until("session.updated")
+        await client.append_audio(utterance())
+        assert (await client.recv())["type"] == "input_audio_buffer.speech_started"
+        await client.send({"type": "session.update", "session": PTT_SESSION})
+        await client.recv_until("session.updated")
+        await client.append_audio(silence(1.0))
+        await client.send({"type": "input_audio_buffer.clear"})
+        assert types_of(await client.recv_until("input_audio_buffer.cleared")) == [
+            "input_audio_buffer.cleared"
+        ]
+        sent = types_of(sim.sessions[0].sent)
+        assert sent.count("input_audio_buffer.speech_started") == 1
+        assert not {"input_audio_buffer.speech_stopped", "input_audio_buffer.committed"} & set(sent)
+        assert "response.created" not in sent
+        assert_all_valid(sim, client)
+
+
+async def test_vad_without_auto_response_and_manual_commit(sim: Simulator) -> None:
+    speech_pcm = utterance()
+    first, last = loud_span_ms(speech_pcm)
+    semantic = {"type": "semantic_vad", "eagerness": "medium", "create_response": False}
+    async with ga_client(sim) as client:
+        await client.send({"type": "session.update", "session": vad_session(semantic)})
+        await client.recv_until("session.updated")
+
+        # VAD events and the commit still happen; the response waits for the client.
+        await client.append_audio(speech_pcm + silence(1.0))
+        flow = await client.recv_until("conversation.item.done")
+        assert types_of(flow) == [
+            "input_audio_buffer.speech_started",
+            "input_audio_buffer.speech_stopped",
+            "input_audio_buffer.committed",
+            "conversation.item.added",
+            "conversation.item.done",
+        ]
+        assert flow[1]["audio_end_ms"] == last + 500  # semantic VAD: ~500 ms of silence
+        await client.send({"type": "response.create"})  # would fail if one were running
+        reply = await client.recv_until("response.done")
+        assert "error" not in types_of(reply)
+        spoken = f"{(last - first) / 1000:.1f}"
+        assert reply[-1]["response"]["output"][0]["content"][0]["transcript"] == (
+            f"You spoke for {spoken} seconds."
+        )
+
+        # A client commit during speech commits the item speech_started announced, and the
+        # silence after it ends nothing.
+        await client.append_audio(speech_pcm)
+        started = await client.recv()
+        assert started["type"] == "input_audio_buffer.speech_started"
+        await client.send({"type": "input_audio_buffer.commit"})
+        committed = (await client.recv_until("input_audio_buffer.committed"))[-1]
+        assert committed["item_id"] == started["item_id"]
+        await client.append_audio(silence(1.0))
+        await client.send({"type": "input_audio_buffer.clear"})
+        between = await client.recv_until("input_audio_buffer.cleared")
+        assert not SPEECH_EVENTS & set(types_of(between))
+        assert len(sim.sessions[0].sent_of_type("response.created")) == 1
+        assert_all_valid(sim, client)
+
+
+async def test_turn_detection_config_is_validated_and_completed(sim: Simulator) -> None:
+    async def update(turn_detection: Any) -> dict[str, Any]:
+        await client.send({"type": "session.update", "session": vad_session(turn_detection)})
+        event = (await client.recv_until_any({"session.updated", "error"}))[-1]
+        return event
+
+    async with ga_client(sim) as client:
+        # From null, the server fills in its defaults.
+        assert (await update(None))["session"]["audio"]["input"]["turn_detection"] is None
+        event = await update({"type": "server_vad"})
+        assert event["session"]["audio"]["input"]["turn_detection"] == SERVER_VAD_DEFAULTS
+        # Same type merges; another type replaces (no server_vad fields on semantic VAD).
+        event = await update({"type": "server_vad", "threshold": 0.8})
+        assert event["session"]["audio"]["input"]["turn_detection"]["threshold"] == 0.8
+        assert event["session"]["audio"]["input"]["turn_detection"]["silence_duration_ms"] == 500
+        event = await update({"type": "semantic_vad", "eagerness": "high"})
+        assert event["session"]["audio"]["input"]["turn_detection"] == {
+            "type": "semantic_vad",
+            "eagerness": "high",
+            "create_response": True,
+            "interrupt_response": True,
+        }
+        config = sim.sessions[0].config
+        for bad, code, param in [
+            ({"type": "semantic_vad", "threshold": 0.3}, "unknown_parameter", "threshold"),
+            ({"type": "server_vad", "threshold": 1.5}, "invalid_value", "threshold"),
+            ({"type": "server_vad", "silence_duration_ms": -1}, "invalid_value",
+             "silence_duration_ms"),
+            ({"type": "server_vad", "create_response": "yes"}, "invalid_value",
+             "create_response"),
+            ({"type": "semantic_vad", "eagerness": "eager"}, "invalid_value", "eagerness"),
+            ({"type": "client_vad"}, "invalid_value", "type"),
+            ("server_vad", "invalid_type", None),
+        ]:  # fmt: skip
+            error = (await update(bad))["error"]
+            expected = "session.audio.input.turn_detection" + (f".{param}" if param else "")
+            assert (error["code"], error["param"]) == (code, expected), bad
+        assert sim.sessions[0].config == config
+        for event in sim.sessions[0].sent:
+            assert_server_event(event)

@@ -7,6 +7,16 @@ answers ``response.create`` with synthesized speech ("You spoke for N.N seconds.
 faster than real time, and honours ``response.cancel``, ``conversation.item.truncate``,
 ``conversation.item.create`` and ``input_audio_buffer.clear``.
 
+Server VAD: while the effective ``audio.input.turn_detection`` is ``server_vad`` or
+``semantic_vad`` (a fresh session has ``server_vad`` on, as on the real server), an energy VAD
+(:class:`EnergyVad`) runs over the appended audio in 20 ms windows. Speech onset emits
+``input_audio_buffer.speech_started`` and, with ``interrupt_response``, cancels the running
+response (``status_details.reason: "turn_detected"``); ``silence_duration_ms`` of non-speech emits
+``input_audio_buffer.speech_stopped``, commits the buffer as a client commit would and, with
+``create_response``, starts a response. Decisions depend only on the appended audio (never on
+the wall clock), so tests are deterministic. With ``turn_detection: null`` (push-to-talk) none of
+this runs. See :class:`VadParams` for which fields are honoured and how ``threshold`` is mapped.
+
 Structure (so fault injection can grow without restructuring):
 
 * ``_process_request`` decides the HTTP handshake (path, auth) before any WebSocket exists.
@@ -19,6 +29,8 @@ Structure (so fault injection can grow without restructuring):
   events" is ordered with the events themselves.
 * :class:`Faults` is read at named points: dispatch (``error_on``) and response start
   (``reply_delay_s``).
+* The VAD is a pure object (PCM in, speech edges out; no clock, no socket); the connection turns
+  its edges into events, commits and responses.
 
 The simulator deliberately knows nothing of the kiosk core and imports none of it.
 """
@@ -45,6 +57,7 @@ from http import HTTPStatus
 from typing import Any, Final, NamedTuple, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
+import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -52,7 +65,7 @@ from websockets.http11 import Request, Response
 
 from kioskvoice.sim.voice import synthesize
 
-__all__ = ["Faults", "SimSession", "Simulator", "Truncation"]
+__all__ = ["EnergyVad", "Faults", "SimSession", "Simulator", "Truncation", "VadEdge", "VadParams"]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +125,29 @@ _MESSAGE_CONTENT_TYPES: Final[dict[str, frozenset[str]]] = {
 _VALID_MODALITIES: Final = (["audio"], ["text"])
 _WORD_RE: Final = re.compile(r"\s*\S+")
 
+VAD_WINDOW_MS: Final = 20
+VAD_FLOOR_DBFS: Final = -70.0
+"""Speech level for ``threshold`` 0.0 (see :func:`threshold_dbfs`)."""
+VAD_CEILING_DBFS: Final = -20.0
+"""Speech level for ``threshold`` 1.0."""
+SEMANTIC_SILENCE_MS: Final = 500
+"""End-of-turn silence for ``semantic_vad`` (any eagerness: the simulator has no semantics)."""
+_VAD_WINDOW_BYTES: Final = BYTES_PER_MS * VAD_WINDOW_MS
+_FULL_SCALE: Final = 32768.0
+# Effective-config defaults the server fills in, in the order it reports them.
+_TURN_DETECTION_DEFAULTS: Final[dict[str, dict[str, Any]]] = {
+    "server_vad": {
+        "threshold": 0.5,
+        "prefix_padding_ms": 300,
+        "silence_duration_ms": 500,
+        "idle_timeout_ms": None,
+        "create_response": True,
+        "interrupt_response": True,
+    },
+    "semantic_vad": {"eagerness": "auto", "create_response": True, "interrupt_response": True},
+}
+_EAGERNESS: Final = frozenset({"low", "medium", "high", "auto"})
+
 
 @dataclass
 class Faults:
@@ -135,6 +171,136 @@ class Faults:
 
     fail_responses: bool = False
     """End every response at once with ``response.done`` status ``failed``."""
+
+
+def threshold_dbfs(threshold: float) -> float:
+    """The 20 ms RMS level (dBFS) above which a window counts as speech.
+
+    ``turn_detection.threshold`` (clamped to 0..1) maps linearly onto
+    [:data:`VAD_FLOOR_DBFS`, :data:`VAD_CEILING_DBFS`]: 0.0 -> -70 dBFS, 0.5 (the default)
+    -> -45 dBFS, 1.0 -> -20 dBFS. At 0.5, espeak-ng speech (about -35..-12 dBFS per window)
+    counts, digital silence and noise around -60 dBFS do not; a higher threshold needs louder
+    audio, as on the real server.
+    """
+    clamped = min(1.0, max(0.0, float(threshold)))
+    return VAD_FLOOR_DBFS + (VAD_CEILING_DBFS - VAD_FLOOR_DBFS) * clamped
+
+
+@dataclass(frozen=True)
+class VadParams:
+    """What the simulator's VAD honours of a ``turn_detection`` object.
+
+    ``server_vad``: ``threshold``, ``prefix_padding_ms``, ``silence_duration_ms``,
+    ``create_response``, ``interrupt_response`` (absent or null -> the GA defaults 0.5, 300,
+    500, true, true). ``idle_timeout_ms`` is accepted and reported but ignored: the simulator
+    never sends ``input_audio_buffer.timeout_triggered``. ``semantic_vad``: ``create_response``
+    and ``interrupt_response``; ``eagerness`` is accepted but every value behaves as ``medium``
+    would here: the default threshold and padding, and :data:`SEMANTIC_SILENCE_MS` of silence.
+    """
+
+    threshold_dbfs: float
+    prefix_padding_ms: int
+    silence_duration_ms: int
+    create_response: bool
+    interrupt_response: bool
+
+    @classmethod
+    def from_turn_detection(cls, turn_detection: Any) -> VadParams | None:
+        """Parameters for a session's ``audio.input.turn_detection``; None means VAD off."""
+        if not isinstance(turn_detection, dict):
+            return None
+        kind = turn_detection.get("type")
+        if kind not in _TURN_DETECTION_DEFAULTS:
+            return None
+        server = _TURN_DETECTION_DEFAULTS["server_vad"]
+
+        def value(key: str) -> Any:
+            found = turn_detection.get(key) if kind == "server_vad" else None
+            return server[key] if found is None else found
+
+        create = turn_detection.get("create_response")
+        interrupt = turn_detection.get("interrupt_response")
+        return cls(
+            threshold_dbfs=threshold_dbfs(value("threshold")),
+            prefix_padding_ms=int(value("prefix_padding_ms")),
+            silence_duration_ms=(
+                int(value("silence_duration_ms")) if kind == "server_vad" else SEMANTIC_SILENCE_MS
+            ),
+            create_response=True if create is None else bool(create),
+            interrupt_response=True if interrupt is None else bool(interrupt),
+        )
+
+
+class VadEdge(NamedTuple):
+    """A change of the VAD's state, in ms of session audio (not wall-clock time)."""
+
+    started: bool
+    """True: speech onset. False: end of turn."""
+    at_ms: int
+    """Onset: start of the first speech window. End: end of the window that completed the
+    silence (the ``audio_end_ms`` of ``speech_stopped``)."""
+    speech_ms: int = 0
+    """End of turn only: from the start of the first speech window to the end of the last."""
+
+
+class EnergyVad:
+    """An energy VAD over PCM16 mono 24 kHz, in 20 ms windows aligned to session audio time.
+
+    Pure: audio in, :class:`VadEdge` out; no clock, no I/O. A window is speech when its RMS
+    exceeds ``params.threshold_dbfs``. The first speech window starts a turn; the turn ends once
+    ``params.silence_duration_ms`` of audio has followed the last speech window with no speech
+    in it. A partial window waits for the next chunk, so edges never depend on how the audio
+    was split into chunks. Fed with ``params=None`` (VAD off) it only keeps time.
+    """
+
+    def __init__(self) -> None:
+        self._pending = bytearray()
+        self._position_ms = 0  # session audio time where the next window starts
+        self._speech_start_ms: int | None = None
+        self._speech_end_ms = 0
+
+    @property
+    def in_speech(self) -> bool:
+        """True between an onset edge and its end-of-turn edge."""
+        return self._speech_start_ms is not None
+
+    def reset(self) -> None:
+        """Forget the current turn (after a manual commit or clear); time keeps running."""
+        self._speech_start_ms = None
+
+    def feed(self, pcm: bytes, params: VadParams | None) -> list[VadEdge]:
+        """Consume appended audio; return the edges it completes, in order."""
+        self._pending += pcm
+        whole = len(self._pending) // _VAD_WINDOW_BYTES * _VAD_WINDOW_BYTES
+        if whole == 0:
+            return []
+        chunk = bytes(self._pending[:whole])
+        del self._pending[:whole]
+        count = whole // _VAD_WINDOW_BYTES
+        if params is None:
+            self._position_ms += count * VAD_WINDOW_MS
+            self.reset()
+            return []
+        samples = np.frombuffer(chunk, dtype="<i2").astype(np.float64).reshape(count, -1)
+        limit = (_FULL_SCALE * 10 ** (params.threshold_dbfs / 20)) ** 2
+        loud = np.mean(samples * samples, axis=1) > limit
+        edges: list[VadEdge] = []
+        for is_speech in loud.tolist():
+            start = self._position_ms
+            end = self._position_ms = start + VAD_WINDOW_MS
+            if is_speech:
+                if self._speech_start_ms is None:
+                    self._speech_start_ms = start
+                    edges.append(VadEdge(started=True, at_ms=start))
+                self._speech_end_ms = end
+            elif (
+                self._speech_start_ms is not None
+                and end - self._speech_end_ms >= params.silence_duration_ms
+            ):
+                speech_ms = self._speech_end_ms - self._speech_start_ms
+                edges.append(VadEdge(started=False, at_ms=end, speech_ms=speech_ms))
+                self._speech_start_ms = None
+        return edges
 
 
 class Truncation(NamedTuple):
@@ -237,7 +403,7 @@ def _new_id(prefix: str) -> str:
 def default_session_config(session_id: str, model: str) -> dict[str, Any]:
     """The session a fresh GA connection starts with (server VAD on, as the real server does).
 
-    The simulator reports but does not perform VAD: audio is only committed on request.
+    The VAD runs (see :class:`EnergyVad`) until a client sets ``turn_detection`` to null.
     """
     pcm = {"type": "audio/pcm", "rate": SAMPLE_RATE}
     return {
@@ -371,16 +537,70 @@ def _validate_session_patch(patch: Any, current: dict[str, Any]) -> None:
     _check_modalities(patch.get("output_modalities"), "session.output_modalities")
     _check_format(_get(patch, "audio", "input", "format"), "session.audio.input.format")
     _check_format(_get(patch, "audio", "output", "format"), "session.audio.output.format")
-    turn_detection = _get(patch, "audio", "input", "turn_detection")
-    if turn_detection is not None and turn_detection.get("type") not in (
-        "server_vad",
-        "semantic_vad",
-    ):
+    _check_turn_detection(_get(patch, "audio", "input", "turn_detection"))
+
+
+def _check_turn_detection(value: Any) -> None:
+    """Raise ``_ClientError`` unless ``value`` is null or a GA server/semantic VAD object."""
+    path = "session.audio.input.turn_detection"
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise _ClientError("invalid_type", f"Invalid type for '{path}'.", path)
+    kind = value.get("type")
+    if kind not in _TURN_DETECTION_DEFAULTS:
         raise _ClientError(
             "invalid_value",
-            "Invalid value for 'session.audio.input.turn_detection.type'.",
-            "session.audio.input.turn_detection.type",
+            f"Invalid value for '{path}.type': use 'server_vad' or 'semantic_vad'.",
+            f"{path}.type",
         )
+    allowed = _TURN_DETECTION_DEFAULTS[kind]
+    for key, field_value in value.items():
+        param = f"{path}.{key}"
+        if key == "type":
+            continue
+        if key not in allowed:
+            raise _ClientError("unknown_parameter", f"Unknown parameter: '{param}'.", param)
+        if field_value is None:
+            continue
+        if key == "threshold":
+            valid = (
+                isinstance(field_value, int | float)
+                and not isinstance(field_value, bool)
+                and 0.0 <= field_value <= 1.0
+            )
+        elif key.endswith("_ms"):
+            valid = (
+                isinstance(field_value, int)
+                and not isinstance(field_value, bool)
+                and field_value >= 0
+            )
+        elif key == "eagerness":
+            valid = field_value in _EAGERNESS
+        else:  # create_response, interrupt_response
+            valid = isinstance(field_value, bool)
+        if not valid:
+            raise _ClientError("invalid_value", f"Invalid value for '{param}'.", param)
+
+
+def _effective_turn_detection(current: Any, patch: Any) -> dict[str, Any] | None:
+    """The ``turn_detection`` a session has after ``patch`` (already validated).
+
+    The same type merges into the current object; another type replaces it (a semantic VAD
+    never inherits ``threshold``). Absent or null fields get the server's defaults, except
+    ``idle_timeout_ms``, whose null means "off".
+    """
+    if patch is None:
+        return None
+    kind = patch["type"]
+    merged = dict(patch)
+    if isinstance(current, dict) and current.get("type") == kind:
+        merged = {**current, **patch}
+    effective: dict[str, Any] = {"type": kind}
+    for key, default in _TURN_DETECTION_DEFAULTS[kind].items():
+        found = merged.get(key)
+        effective[key] = default if found is None else found
+    return effective
 
 
 def _validate_response_options(options: Any) -> dict[str, Any]:
@@ -594,6 +814,9 @@ class _Connection:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tg: asyncio.TaskGroup | None = None
         self._buffer = bytearray()
+        self._buffer_start = 0  # session audio position (bytes) of self._buffer[0]
+        self._vad = EnergyVad()
+        self._vad_item_id: str | None = None  # the user item the current speech will become
         self._pending_reply_ms: float | None = None
         self._active: _Response | None = None
         self._audio_ms: dict[str, float] = {}  # assistant item id -> audio sent, for truncate
@@ -759,26 +982,58 @@ class _Connection:
     def _on_session_update(self, event: dict[str, Any]) -> None:
         patch = event.get("session")
         _validate_session_patch(patch, self.session.config)
-        self.session.config = deep_merge(self.session.config, patch)
+        config = deep_merge(self.session.config, patch)
+        input_patch = _get(patch, "audio", "input")
+        if isinstance(input_patch, dict) and "turn_detection" in input_patch:
+            config["audio"]["input"]["turn_detection"] = _effective_turn_detection(
+                _get(self.session.config, "audio", "input", "turn_detection"),
+                input_patch["turn_detection"],
+            )
+        self.session.config = config
+        if self._vad_params() is None:
+            self._forget_speech()
         self._emit("session.updated", session=self.session.config)
 
     # --- input audio ----------------------------------------------------------------------
 
     def _on_audio_append(self, event: dict[str, Any]) -> None:
-        audio = _require(event, "audio", str, "")
-        self._buffer += _decode_audio(audio, "audio")
+        audio = _decode_audio(_require(event, "audio", str, ""), "audio")
+        self._buffer += audio
+        params = self._vad_params()
+        for edge in self._vad.feed(audio, params):
+            assert params is not None  # the VAD reports no edges while off
+            if edge.started:
+                self._on_speech_started(edge, params)
+            else:
+                self._on_speech_stopped(edge, params)
 
     def _on_audio_commit(self, event: dict[str, Any]) -> None:
+        # A manual commit during speech takes the item id speech_started announced.
+        item_id = self._vad_item_id or _new_id("item")
         buffered_ms = len(self._buffer) / BYTES_PER_MS
-        self._buffer.clear()
+        self._drop_buffer()
         if buffered_ms < MIN_COMMIT_MS:
             raise _ClientError(
                 "input_audio_buffer_commit_empty",
                 "Error committing input audio buffer: buffer too small. Expected at least "
                 f"{MIN_COMMIT_MS}ms of audio, but buffer only has {buffered_ms:.2f}ms of audio.",
             )
+        self._commit(item_id, buffered_ms)
+
+    def _drop_buffer(self) -> None:
+        """Empty the input buffer; the VAD's current speech (if any) goes with it."""
+        self._buffer_start += len(self._buffer)
+        self._buffer.clear()
+        self._forget_speech()
+
+    def _forget_speech(self) -> None:
+        self._vad.reset()
+        self._vad_item_id = None
+
+    def _commit(self, item_id: str, spoken_ms: float) -> None:
+        """Turn committed audio into a user item; ``spoken_ms`` is what the reply reports."""
         item = {
-            "id": _new_id("item"),
+            "id": item_id,
             "type": "message",
             "object": "realtime.item",
             "status": "completed",
@@ -786,12 +1041,51 @@ class _Connection:
             "content": [{"type": "input_audio", "transcript": None}],
         }
         previous = self._insert_item(item, len(self.session.items))
-        self._pending_reply_ms = buffered_ms
+        self._pending_reply_ms = spoken_ms
         self._emit("input_audio_buffer.committed", previous_item_id=previous, item_id=item["id"])
         self._emit("conversation.item.added", previous_item_id=previous, item=item)
         self._emit("conversation.item.done", previous_item_id=previous, item=item)
         if _get(self.session.config, "audio", "input", "transcription") is not None:
-            self._spawn(self._transcribe(item, buffered_ms))
+            self._spawn(self._transcribe(item, spoken_ms))
+
+    # --- server VAD -----------------------------------------------------------------------
+
+    def _vad_params(self) -> VadParams | None:
+        return VadParams.from_turn_detection(
+            _get(self.session.config, "audio", "input", "turn_detection")
+        )
+
+    def _on_speech_started(self, edge: VadEdge, params: VadParams) -> None:
+        # Prefix padding reaches back at most to the start of the current buffer.
+        buffer_start_ms = self._buffer_start // BYTES_PER_MS
+        audio_start_ms = max(buffer_start_ms, edge.at_ms - params.prefix_padding_ms)
+        self._vad_item_id = _new_id("item")
+        self._emit(
+            "input_audio_buffer.speech_started",
+            audio_start_ms=audio_start_ms,
+            item_id=self._vad_item_id,
+        )
+        active = self._active
+        # Only a response writing to the default conversation is interrupted (as documented).
+        if params.interrupt_response and active is not None and active.in_conversation:
+            self._cancel_response(active, "turn_detected")
+
+    def _on_speech_stopped(self, edge: VadEdge, params: VadParams) -> None:
+        item_id = self._vad_item_id or _new_id("item")
+        self._vad_item_id = None
+        self._emit("input_audio_buffer.speech_stopped", audio_end_ms=edge.at_ms, item_id=item_id)
+        # Commit the buffer up to audio_end_ms; audio appended after it starts the next one.
+        cut = min(len(self._buffer), max(0, edge.at_ms * BYTES_PER_MS - self._buffer_start))
+        del self._buffer[:cut]
+        self._buffer_start += cut
+        self._commit(item_id, edge.speech_ms)
+        if not params.create_response:
+            return
+        if self._active is not None:
+            # interrupt_response false and the model still talking: no automatic response.
+            log.info("sim VAD: response %s still active, no automatic reply", self._active.id)
+            return
+        self._start_response({})
 
     async def _transcribe(self, item: dict[str, Any], buffered_ms: float) -> None:
         await asyncio.sleep(TRANSCRIPTION_DELAY_S)
@@ -814,7 +1108,7 @@ class _Connection:
         )
 
     def _on_audio_clear(self, event: dict[str, Any]) -> None:
-        self._buffer.clear()
+        self._drop_buffer()
         self._emit("input_audio_buffer.cleared")
 
     # --- conversation ---------------------------------------------------------------------
@@ -902,7 +1196,10 @@ class _Connection:
                 f"Conversation already has an active response in progress: {self._active.id}. "
                 "Wait until the response is finished before creating a new one.",
             )
-        options = _validate_response_options(event.get("response"))
+        self._start_response(_validate_response_options(event.get("response")))
+
+    def _start_response(self, options: dict[str, Any]) -> None:
+        """Start a response (none may be active) replying to the last committed audio."""
         modalities = (
             options.get("output_modalities")
             or self.session.config.get("output_modalities")
@@ -936,8 +1233,12 @@ class _Connection:
             raise _ClientError(
                 "response_cancel_not_active", "Cancellation failed: no active response found"
             )
-        # The task is suspended (this handler runs on the same loop), so after cancel() it
-        # never resumes normal execution: no delta of it can be queued after this point.
+        self._cancel_response(response, "client_cancelled")
+
+    def _cancel_response(self, response: _Response, reason: str) -> None:
+        """End the active ``response`` with ``response.done`` cancelled for ``reason``."""
+        # The task is suspended (handlers run on the same loop), so after cancel() it never
+        # resumes normal execution: no delta of it can be queued after this point.
         assert response.task is not None
         response.task.cancel()
         self._active = None
@@ -949,7 +1250,7 @@ class _Connection:
         self._emit(
             "response.done",
             response=self._response_object(
-                response, "cancelled", {"type": "cancelled", "reason": "client_cancelled"}
+                response, "cancelled", {"type": "cancelled", "reason": reason}
             ),
         )
 
