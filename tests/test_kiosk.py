@@ -291,3 +291,43 @@ def test_double_press_and_stray_release_are_ignored() -> None:
     kiosk.handle(Release(), 2.0)
     assert kiosk.handle(Release(), 2.1) == []
     assert not any(isinstance(a, DiscardTurn) for a in kiosk.handle(Tick(), 2.2))
+
+
+def test_hands_free_conversation() -> None:
+    from kioskvoice.events import CloseConversation, CloseMic, OpenConversation, SpeechStopped
+
+    kiosk = Kiosk(hands_free=True, conversation_idle_s=60)
+    kiosk.handle(LinkUp("s"), 0.0)
+    actions = kiosk.handle(Press(), 1.0)
+    assert actions[0] == OpenConversation() and OpenMic() in actions
+    assert kiosk.handle(Release(), 1.1) == []  # the button does not end turns
+    assert kiosk.handle(SpeechStopped(), 4.0) == [
+        CloseMic(),
+        StateChanged(State.LISTENING, State.THINKING),
+    ]
+    kiosk.handle(ResponseStarted("r1"), 4.1)
+    kiosk.handle(ReplyAudio("r1", "i1", b"\0\0"), 4.2)
+    kiosk.handle(ResponseDone("r1", "completed"), 4.3)
+    assert kiosk.handle(Tick(playback_idle=True), 5.0) == [
+        StateChanged(State.SPEAKING, State.LISTENING),
+        OpenMic(),
+    ]
+    # A new session (reconnect) is switched to server VAD again.
+    assert kiosk.handle(LinkUp("s2"), 6.0) == [OpenConversation()]
+    # Quiet for conversation_idle_s: the conversation closes.
+    assert kiosk.handle(Tick(), 64.9) == []
+    assert kiosk.handle(Tick(), 65.0) == [
+        CloseMic(),
+        CloseConversation(),
+        StateChanged(State.LISTENING, State.IDLE),
+    ]
+    assert not kiosk.conversation
+
+
+def test_hands_free_press_while_listening_closes_and_needs_the_link() -> None:
+    kiosk = Kiosk(hands_free=True)
+    assert kiosk.handle(Press(), 0.5) == [Notice("unavailable", "offline")]
+    kiosk.handle(LinkUp("s"), 1.0)
+    kiosk.handle(Press(), 2.0)
+    assert kinds(kiosk.handle(Press(), 3.0)) == ["CloseMic", "CloseConversation", "StateChanged"]
+    assert kiosk.state is State.IDLE

@@ -354,3 +354,42 @@ async def test_an_led_without_pwm_still_shows_states() -> None:
     finally:
         panel.close()
         factory.reset()
+
+
+# --- hands-free ------------------------------------------------------------------------------
+
+
+async def test_hands_free_holds_two_turns_with_server_vad(tmp_path, speech_pcm, factory) -> None:
+    from kioskvoice.audio.wavio import write_wav
+
+    speech = tmp_path / "pauses.wav"  # a question, then 1.5 s of quiet, looped by wav:
+    write_wav(speech, speech_pcm + bytes(2 * 16000 * 3 // 2), 16000)
+    async with Simulator(api_key=TEST_KEY) as sim:
+        settings = with_interaction(
+            kiosk_settings(sim.url, speech, tmp_path, api_key=TEST_KEY), mode="hands_free"
+        )
+        app = App(settings, pin_factory=factory)
+        async with Running(app) as k:
+            pin = factory.pin(BUTTON_PIN)
+            pin.drive_low()
+            await asyncio.sleep(0.1)
+            pin.drive_high()  # a press opens the conversation; release does nothing
+            await k.wait(State.LISTENING, 2)
+            for _ in range(2):
+                await k.wait(State.THINKING, 15)  # the server heard the visitor stop
+                await k.wait(State.SPEAKING, 10)
+                await k.wait(State.LISTENING, 15)  # and the kiosk listens again
+            pin.drive_low()  # a press while listening closes the conversation
+            await k.wait(State.IDLE, 2)
+            pin.drive_high()
+            await asyncio.sleep(0.3)
+        session = sim.sessions[0]
+    received = [e["type"] for e in session.received]
+    assert "input_audio_buffer.commit" not in received  # the server's VAD committed
+    assert "response.create" not in received
+    done = [e for e in session.sent_of_type("response.done")]
+    assert len(done) >= 2 and all(e["response"]["status"] == "completed" for e in done[:2])
+    assert len(session.sent_of_type("input_audio_buffer.speech_stopped")) >= 2
+    assert session.config["audio"]["input"]["turn_detection"] is None  # closed again
+    for event in session.received:
+        assert_client_event(event)

@@ -23,6 +23,8 @@ from .config import Settings
 from .dsp.chain import CaptureChain, DspOptions
 from .events import (
     Action,
+    CloseConversation,
+    CloseMic,
     CommitTurn,
     DeviceBack,
     DeviceLost,
@@ -32,6 +34,7 @@ from .events import (
     LinkFatal,
     LinkUp,
     Notice,
+    OpenConversation,
     OpenMic,
     PlayAudio,
     Press,
@@ -41,6 +44,8 @@ from .events import (
     ResponseDone,
     ResponseStarted,
     ServerError,
+    SpeechStarted,
+    SpeechStopped,
     State,
     StateChanged,
     Tick,
@@ -78,6 +83,8 @@ _KIOSK_EVENTS = (
     DeviceLost,
     DeviceBack,
     Reset,
+    SpeechStarted,
+    SpeechStopped,
 )
 
 
@@ -98,6 +105,8 @@ class App:
             min_turn_s=settings.interaction.min_turn_ms / 1000,
             max_turn_s=settings.audio.max_turn_s,
             deliver_within_s=settings.realtime.deliver_within_s,
+            hands_free=settings.interaction.mode == "hands_free",
+            conversation_idle_s=settings.interaction.idle_reset_s,
         )
         self.on_state: list[Callable[[State], None]] = []
         self.on_transcript: list[Callable[[str, str], None]] = []
@@ -302,7 +311,8 @@ class App:
         """One frame of the current turn: kept for a resend, sent live when possible."""
         sup = self._supervisor
         assert sup is not None
-        self._turn_audio += frame
+        if not self.kiosk.conversation:  # hands-free turns are the server's to commit
+            self._turn_audio += frame
         session = sup.link.session_id if sup.link else None
         if self._turn_session is None and not self._turn_gap:
             self._turn_session = session
@@ -365,9 +375,16 @@ class App:
             if isinstance(event, ResponseDone) and self._player is not None:
                 self._player.finish()
             actions = self.kiosk.handle(event, self._loop.time())
-            interrupted = any(isinstance(a, Interrupt) for a in actions)
+            # A beep greets a fresh press only: not a barge-in (whose silence is the
+            # feedback) nor a hands-free conversation listening again after a reply.
+            fresh = any(
+                isinstance(a, StateChanged)
+                and a.old in (State.IDLE, State.OFFLINE)
+                and a.new is State.LISTENING
+                for a in actions
+            )
             for action in actions:
-                self._do(action, interrupted)
+                self._do(action, fresh)
             if isinstance(event, Press):
                 self._on_press()
         elif isinstance(event, Transcript):
@@ -394,7 +411,7 @@ class App:
         assert self._supervisor is not None
         return self._supervisor.send(build, *args)
 
-    def _do(self, action: Action, interrupted: bool = False) -> None:
+    def _do(self, action: Action, fresh: bool = False) -> None:
         assert self._player is not None and self._loop is not None
         now = self._loop.time()
         match action:
@@ -406,9 +423,7 @@ class App:
                 self._turn_session, self._turn_gap = None, False
                 self._turn_started_at = now
                 log_event(log, logging.INFO, "turn_start", "listening", turn=self.turns)
-                if not interrupted:
-                    # After a barge-in the sudden silence is the feedback; a beep would break
-                    # the promise that the speaker goes quiet.
+                if fresh:
                     self._earcon("listening")
                 while self._preroll:  # the first syllable, said just before the press
                     self._stream(self._preroll.popleft())
@@ -425,6 +440,13 @@ class App:
                     )
                 self._deliver_turn()
                 self._released_at = now
+            case CloseMic():
+                self.mic_open = False
+            case OpenConversation():
+                self._send(Protocol.turn_detection, self.settings.interaction.vad)
+            case CloseConversation():
+                self._send(Protocol.turn_detection, None)
+                self._send(Protocol.clear)
             case DiscardTurn():
                 self.mic_open = False
                 self._turn_audio.clear()

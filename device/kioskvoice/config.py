@@ -190,8 +190,13 @@ class DspSettings(_Section):
 class InteractionSettings(_Section):
     """How visitors talk to the kiosk."""
 
-    mode: Literal["push_to_talk"] = "push_to_talk"
-    """Interaction mode. Push-to-talk: hold the button while speaking."""
+    mode: Literal["push_to_talk", "hands_free"] = "push_to_talk"
+    """``push_to_talk``: hold the button while speaking. ``hands_free``: a press opens a
+    conversation in which the server's voice detection takes turns, until ``idle_reset_s``
+    without speech or another press."""
+    vad: Literal["server_vad", "semantic_vad"] = "server_vad"
+    """Hands-free turn detection: ``server_vad`` (silence-based) or ``semantic_vad`` (the
+    model judges when the visitor has finished)."""
     min_turn_ms: Annotated[int, Field(ge=100, le=5000)] = 250
     """A press shorter than this is a tap: nothing is sent (the server rejects < 100 ms)."""
     preroll_ms: Annotated[int, Field(ge=0, le=1000)] = 300

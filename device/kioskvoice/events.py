@@ -108,6 +108,16 @@ class ServerError:
 
 
 @dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    """Hands-free: the server's VAD heard the visitor start speaking."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStopped:
+    """Hands-free: the server's VAD heard the visitor stop; it commits the turn itself."""
+
+
+@dataclass(frozen=True, slots=True)
 class Reset:
     """New visitor (a long press, the idle timeout): forget the conversation."""
 
@@ -140,6 +150,8 @@ Event = (
     | DeviceLost
     | DeviceBack
     | Reset
+    | SpeechStarted
+    | SpeechStopped
 )
 
 
@@ -149,6 +161,21 @@ Event = (
 @dataclass(frozen=True, slots=True)
 class OpenMic:
     """Start streaming captured audio to the model."""
+
+
+@dataclass(frozen=True, slots=True)
+class CloseMic:
+    """Stop streaming without committing (hands-free: the server's VAD commits)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OpenConversation:
+    """Hands-free: switch the session to server VAD (the mic then streams continuously)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CloseConversation:
+    """Hands-free: back to push-to-talk (server VAD off, input buffer cleared)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,4 +225,15 @@ class StateChanged:
     new: State
 
 
-Action = OpenMic | CommitTurn | DiscardTurn | PlayAudio | Interrupt | Notice | StateChanged
+Action = (
+    OpenMic
+    | CloseMic
+    | OpenConversation
+    | CloseConversation
+    | CommitTurn
+    | DiscardTurn
+    | PlayAudio
+    | Interrupt
+    | Notice
+    | StateChanged
+)

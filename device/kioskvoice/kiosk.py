@@ -14,12 +14,20 @@ Nothing the visitor says is silently lost: a press while the link is down still 
 before the reply starts, waits in THINKING and is committed when the link returns within
 ``deliver_within_s``; otherwise it is dropped with a ``turn_dropped`` notice and the ERROR
 state until the link is back.
+
+Hands-free (``hands_free=True``): a press opens a conversation in which the server's VAD
+decides the turns. The kiosk listens (streaming), thinks once the server heard the visitor
+stop, speaks, and listens again; the mic is closed while it thinks and speaks, so it cannot
+hear itself. The conversation closes after ``conversation_idle_s`` without speech, or on a
+press while listening; a press while it speaks is a barge-in, as in push-to-talk.
 """
 
 from __future__ import annotations
 
 from .events import (
     Action,
+    CloseConversation,
+    CloseMic,
     CommitTurn,
     DeviceBack,
     DeviceLost,
@@ -30,6 +38,7 @@ from .events import (
     LinkFatal,
     LinkUp,
     Notice,
+    OpenConversation,
     OpenMic,
     PlayAudio,
     Press,
@@ -39,6 +48,8 @@ from .events import (
     ResponseDone,
     ResponseStarted,
     ServerError,
+    SpeechStarted,
+    SpeechStopped,
     State,
     StateChanged,
     Tick,
@@ -64,11 +75,17 @@ class Kiosk:
         max_turn_s: float = 30.0,
         reply_timeout_s: float = 20.0,
         deliver_within_s: float = 10.0,
+        hands_free: bool = False,
+        conversation_idle_s: float = 120.0,
     ) -> None:
         self.min_turn_s = min_turn_s
         self.max_turn_s = max_turn_s
         self.reply_timeout_s = reply_timeout_s
         self.deliver_within_s = deliver_within_s
+        self.hands_free = hands_free
+        self.conversation_idle_s = conversation_idle_s
+        self.conversation = False  # hands-free: a conversation is open
+        self._heard_at = 0.0
         self.state = State.OFFLINE
         self.link_up = False
         self.device_ok = True
@@ -94,6 +111,8 @@ class Kiosk:
             DeviceLost: self._on_device_lost,
             DeviceBack: self._on_device_back,
             Reset: self._on_reset,
+            SpeechStarted: self._on_speech_started,
+            SpeechStopped: self._on_speech_stopped,
         }
 
     def handle(self, event: Event, now: float) -> list[Action]:
@@ -131,8 +150,22 @@ class Kiosk:
         self._audio_item = None
 
     def _start_listening(self, now: float) -> list[Action]:
-        self._pressed_at = now
+        self._pressed_at = self._heard_at = now
         return [*self._go(State.LISTENING), OpenMic()]
+
+    def _after_reply(self, now: float) -> list[Action]:
+        """Where a finished (or abandoned) reply leads: listening again in a hands-free
+        conversation, else idle (offline when the link is down)."""
+        self._forget_response()
+        if self.conversation and self.link_up:
+            return self._start_listening(now)
+        return self._go(State.IDLE if self.link_up else State.OFFLINE)
+
+    def _close_conversation(self) -> list[Action]:
+        if not self.conversation:
+            return []
+        self.conversation = False
+        return [CloseMic(), CloseConversation()]
 
     def _end_turn(self, now: float) -> list[Action]:
         if now - self._pressed_at < self.min_turn_s:
@@ -153,6 +186,13 @@ class Kiosk:
     # --- handlers ---------------------------------------------------------------------------
 
     def _on_press(self, event: Press, now: float) -> list[Action]:
+        if self.hands_free and self.state in (State.IDLE, State.OFFLINE):
+            if not self.link_up:
+                return [Notice("unavailable", self.state.value)]
+            self.conversation = True
+            return [OpenConversation(), *self._start_listening(now)]
+        if self.conversation and self.state is State.LISTENING:
+            return [*self._close_conversation(), *self._go(State.IDLE)]
         if self.state in (State.IDLE, State.OFFLINE):
             return self._start_listening(now)  # offline: recorded, delivered when the link returns
         if self.state in (State.THINKING, State.SPEAKING):
@@ -168,11 +208,15 @@ class Kiosk:
         return []  # already listening
 
     def _on_release(self, event: Release, now: float) -> list[Action]:
-        if self.state is not State.LISTENING:
-            return []
+        if self.state is not State.LISTENING or self.conversation:
+            return []  # hands-free: the server's VAD ends turns, not the button
         return self._end_turn(now)
 
     def _on_tick(self, event: Tick, now: float) -> list[Action]:
+        if self.conversation and self.state is State.LISTENING:
+            if now - self._heard_at >= self.conversation_idle_s:
+                return [*self._close_conversation(), *self._go(State.IDLE)]
+            return []
         if self.state is State.LISTENING and now - self._pressed_at >= self.max_turn_s:
             return [Notice("max_turn"), *self._end_turn(now)]
         if self._deliver_by is not None and now >= self._deliver_by:
@@ -180,8 +224,7 @@ class Kiosk:
             waited = f"link down for {self.deliver_within_s:g} s after the turn"
             return [Notice("turn_dropped", waited), *self._go(State.ERROR)]
         if self.state is State.SPEAKING and self._response_done and event.playback_idle:
-            self._forget_response()
-            return self._go(State.IDLE if self.link_up else State.OFFLINE)
+            return self._after_reply(now)
         if (
             self.state in (State.THINKING, State.SPEAKING)
             and self.response_in_progress
@@ -191,8 +234,7 @@ class Kiosk:
             # The response stopped making progress (no event for reply_timeout_s): never
             # hang in thinking or speaking.
             kind = "no_reply" if self.state is State.THINKING else "reply_cut"
-            self._forget_response()
-            return [Notice(kind, "no progress"), *self._go(State.IDLE)]
+            return [Notice(kind, "no progress"), *self._after_reply(now)]
         return []
 
     def _on_link_up(self, event: LinkUp, now: float) -> list[Action]:
@@ -200,6 +242,9 @@ class Kiosk:
         self._fatal = False
         if not self.device_ok:
             return []  # still ERROR: no microphone or speaker
+        if self.conversation:
+            # A new session starts in push-to-talk: switch it to server VAD again.
+            return [OpenConversation()]
         if self._deliver_by is not None and self.state is State.THINKING:
             return self._commit(now)  # the turn that waited for the link
         if self.state in (State.OFFLINE, State.ERROR):
@@ -229,6 +274,7 @@ class Kiosk:
     def _on_link_fatal(self, event: LinkFatal, now: float) -> list[Action]:
         self.link_up = False
         self._fatal = True
+        self.conversation = False
         actions: list[Action] = []
         if self.state in (State.LISTENING, State.THINKING):
             actions.append(Notice("turn_dropped", event.code))
@@ -261,12 +307,12 @@ class Kiosk:
         if event.status not in ("completed", "cancelled"):
             actions.append(Notice("reply_failed", event.status))
         if self.state is State.THINKING:
-            self._forget_response()
-            actions += self._go(State.IDLE)
+            actions += self._after_reply(now)
         return actions
 
     def _on_device_lost(self, event: DeviceLost, now: float) -> list[Action]:
         self.device_ok = False
+        self.conversation = False
         actions: list[Action] = []
         if self.state in (State.LISTENING, State.THINKING):
             actions.append(Notice("turn_dropped", f"audio device lost: {event.reason}"))
@@ -290,10 +336,25 @@ class Kiosk:
                 Interrupt(self._response_id, self._audio_item, self.response_in_progress)
             )
         self._forget_response()
+        actions += self._close_conversation()
         actions.append(Notice("new_visitor", event.reason))
         if self.state in (State.LISTENING, State.THINKING, State.SPEAKING):
             actions += self._go(State.IDLE if self.link_up else State.OFFLINE)
         return actions
+
+    def _on_speech_started(self, event: SpeechStarted, now: float) -> list[Action]:
+        self._heard_at = now
+        return []
+
+    def _on_speech_stopped(self, event: SpeechStopped, now: float) -> list[Action]:
+        if not (self.conversation and self.state is State.LISTENING):
+            return []
+        # The server commits and answers by itself; stop streaming so the kiosk's own reply
+        # never reaches its VAD.
+        self._forget_response()
+        self._awaiting_response = True
+        self._progress_at = self._heard_at = now
+        return [CloseMic(), *self._go(State.THINKING)]
 
     def _on_server_error(self, event: ServerError, now: float) -> list[Action]:
         if event.code in _TURN_REJECTED and self.state is State.THINKING:

@@ -16,7 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..events import ReplyAudio, ResponseDone, ResponseStarted, ServerError
+from ..events import (
+    ReplyAudio,
+    ResponseDone,
+    ResponseStarted,
+    ServerError,
+    SpeechStarted,
+    SpeechStopped,
+)
 
 SAMPLE_RATE = 24000
 TRANSCRIPTION_MODEL = "gpt-4o-mini-transcribe"
@@ -92,6 +99,8 @@ Incoming = (
     | ReplyAudio
     | ResponseDone
     | ServerError
+    | SpeechStarted
+    | SpeechStopped
 )
 
 
@@ -124,6 +133,8 @@ class Protocol:
             "response.output_audio_transcript.done": self._assistant_transcript,
             "conversation.item.input_audio_transcription.completed": self._user_transcript,
             "error": self._error,
+            "input_audio_buffer.speech_started": lambda e: [SpeechStarted()],
+            "input_audio_buffer.speech_stopped": lambda e: [SpeechStopped()],
         }
 
     # --- client events -----------------------------------------------------------------------
@@ -152,6 +163,13 @@ class Protocol:
             },
         }
         return session
+
+    def turn_detection(self, vad: str | None) -> dict[str, Any]:
+        """Switch the server's turn detection: ``server_vad``/``semantic_vad`` (hands-free: the
+        server commits and answers by itself) or None (push-to-talk)."""
+        detection = {"type": vad} if vad else None
+        session = {"type": "realtime", "audio": {"input": {"turn_detection": detection}}}
+        return self._event("session.update", session=session)
 
     def append(self, pcm: bytes) -> dict[str, Any]:
         """``input_audio_buffer.append`` with 24 kHz PCM16 mono."""
