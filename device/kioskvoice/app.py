@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import httpx
+
 from .audio.earcons import Earcons
 from .audio.player import Player
 from .audio.streams import FrameQueue, ResilientAudio
@@ -29,6 +31,7 @@ from .events import (
     DeviceBack,
     DeviceLost,
     DiscardTurn,
+    FunctionCall,
     Interrupt,
     LinkDown,
     LinkFatal,
@@ -43,12 +46,14 @@ from .events import (
     Reset,
     ResponseDone,
     ResponseStarted,
+    RunTools,
     ServerError,
     SpeechStarted,
     SpeechStopped,
     State,
     StateChanged,
     Tick,
+    ToolsDone,
 )
 from .kiosk import Kiosk
 from .panel import Look, Panel
@@ -58,6 +63,7 @@ from .realtime.supervisor import Supervisor
 from .system.control import ControlServer
 from .system.logging import REDACTOR, log_event
 from .system.notify import Notifier
+from .tools import END_CONVERSATION, ToolRunner, declarations
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +91,8 @@ _KIOSK_EVENTS = (
     Reset,
     SpeechStarted,
     SpeechStopped,
+    FunctionCall,
+    ToolsDone,
 )
 
 
@@ -135,6 +143,13 @@ class App:
         self._preroll: collections.deque[bytes] = collections.deque(maxlen=frames)
         self._long_press: asyncio.TimerHandle | None = None
         self._panel: Panel | None = None
+        self._tools: ToolRunner | None = None
+        self._http: Any = None
+        self._tool_tasks: set[asyncio.Task[None]] = set()
+        # Bumped whenever tool results would no longer fit the conversation (barge-in,
+        # reset, new session): results of an older generation are dropped.
+        self._tool_generation = 0
+        self._end_after_reply = False
         self._last_press = 0.0
         self._conversation_dirty = False
 
@@ -157,8 +172,12 @@ class App:
             credentials_from(settings.realtime, Supervisor.session_request(settings.realtime)),
             post=self.post,
             is_idle=lambda: not self.kiosk.busy,
+            tools=declarations(settings.tools),
         )
         REDACTOR.add(self._supervisor.credentials.values())
+        self._tools = ToolRunner(settings.tools, transcripts=settings.logging.transcripts)
+        REDACTOR.add(self._tools.secrets())
+        self._http = httpx.AsyncClient()
         self._earcons.load()
         self._last_press = loop.time()
 
@@ -227,6 +246,9 @@ class App:
                 chain.close()  # only once audio stopped: its threads use the chain
             panel.close()
             await control.close()
+            for task in list(self._tool_tasks):
+                task.cancel()
+            await self._http.aclose()
             log_event(log, logging.INFO, "stopped", "kiosk stopped")
 
     async def _wait_stop(self) -> None:
@@ -467,6 +489,7 @@ class App:
                     )
                 self._player.feed(item_id, pcm)
             case Interrupt(response_id=response_id, item_id=item_id, cancel=cancel):
+                self._tool_generation += 1
                 self._player.flush()
                 if cancel:
                     self._send(Protocol.cancel, response_id)
@@ -475,6 +498,10 @@ class App:
                 self._send(Protocol.clear)
                 self._released_at = None
                 log_event(log, logging.INFO, "barge_in", "reply interrupted", turn=self.turns)
+            case RunTools(calls=calls):
+                task = asyncio.create_task(self._run_tools(calls, self._tool_generation))
+                self._tool_tasks.add(task)
+                task.add_done_callback(self._tool_tasks.discard)
             case Notice(kind=kind, detail=detail):
                 if kind == "turn_dropped":
                     self._turn_audio.clear()
@@ -486,6 +513,8 @@ class App:
                 elif kind == "unavailable":
                     self._earcon("error")
                 elif kind == "new_visitor":
+                    self._tool_generation += 1
+                    self._end_after_reply = False
                     self._turn_audio.clear()
                     self._conversation_dirty = False
                     assert self._supervisor is not None
@@ -496,6 +525,11 @@ class App:
             case StateChanged(old=old, new=new):
                 if old is State.LISTENING:
                     self._cancel_long_press()
+                if new in (State.OFFLINE, State.ERROR):
+                    self._tool_generation += 1  # that session's calls cannot be answered
+                if new is State.IDLE and self._end_after_reply:
+                    self._end_after_reply = False
+                    self._loop.call_soon(self.post, Reset("end_conversation"))
                 if old is State.LISTENING and new is State.THINKING and self.mic_open:
                     # Released while the link is down: the turn waits for delivery.
                     self.mic_open = False
@@ -532,6 +566,38 @@ class App:
             "turns": self.turns,
             "dropped_frames": self._frames.dropped if self._frames else 0,
         }
+
+    async def _run_tools(self, calls: tuple[FunctionCall, ...], generation: int) -> None:
+        """Run a completed response's calls concurrently, then send every output and one
+        ``response.create``. Never raises: each call ends in an output for the model."""
+        assert self._tools is not None
+        runner = self._tools
+
+        async def one(call: FunctionCall) -> str:
+            if call.name == END_CONVERSATION:
+                self._end_after_reply = True
+                log_event(
+                    log,
+                    logging.INFO,
+                    "tool_call",
+                    "the model ended the conversation",
+                    tool=call.name,
+                    outcome="ok",
+                )
+                return '{"ok": true}'
+            return await runner.call(call.name, call.arguments, self._http)
+
+        try:
+            outputs = await asyncio.gather(*(one(call) for call in calls))
+            if generation != self._tool_generation:
+                log.info("dropped the results of %d tool call(s): the turn moved on", len(calls))
+                return
+            for call, output in zip(calls, outputs, strict=True):
+                self._send(Protocol.function_output, call.call_id, output)
+            self._send(Protocol.response_create)
+        finally:
+            if generation == self._tool_generation:
+                self.post(ToolsDone())
 
     def _earcon(self, name: str) -> None:
         """Play a local sound through the player (the echo canceller's far end)."""

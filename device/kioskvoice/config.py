@@ -105,14 +105,7 @@ class RealtimeSettings(_Section):
     @field_validator("token_url")
     @classmethod
     def _check_token_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        host = urlsplit(value).hostname or ""
-        if value.startswith("https://") or (
-            value.startswith("http://") and host in ("127.0.0.1", "localhost", "::1")
-        ):
-            return value
-        raise ValueError("must start with https:// (http:// only to loopback)")
+        return None if value is None else _loopback_or_https(value)
 
     @model_validator(mode="after")
     def _margin_below_cap(self) -> RealtimeSettings:
@@ -272,6 +265,67 @@ class LoggingSettings(_Section):
     """Log what visitors and the kiosk said. Off by default: visitors' privacy."""
 
 
+def _loopback_or_https(value: str) -> str:
+    host = urlsplit(value).hostname or ""
+    if value.startswith("https://") or (
+        value.startswith("http://") and host in ("127.0.0.1", "localhost", "::1")
+    ):
+        return value
+    raise ValueError("must start with https:// (http:// only to loopback)")
+
+
+RESERVED_TOOLS = frozenset({"end_conversation"})
+
+
+class ToolSettings(_Section):
+    """One operator-defined action the model may call (``[[tools]]``)."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    """Function name the model uses."""
+    description: str
+    """What the tool does and when to use it: the model reads this."""
+    parameters: dict[str, Any] = {"type": "object", "properties": {}}
+    """JSON Schema of the arguments; the model's arguments are checked against it."""
+    url: str
+    """Endpoint called with the arguments (https://; http:// only to loopback)."""
+    method: Literal["GET", "POST"] = "POST"
+    """POST sends the arguments as a JSON body, GET as query parameters."""
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    """A call that takes longer becomes an error the model is told about."""
+    headers: dict[str, str] = {}
+    """Extra request headers (not secret: shown by check-config)."""
+    secret_headers: dict[str, str] = {}
+    """Header name -> systemd credential name whose content is the header's value."""
+    max_result_bytes: Annotated[int, Field(ge=64, le=1_000_000)] = 4096
+    """A longer answer becomes an error the model is told about."""
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        return _loopback_or_https(value)
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value in RESERVED_TOOLS:
+            raise ValueError(f"{value!r} is a built-in tool")
+        return value
+
+    @field_validator("parameters")
+    @classmethod
+    def _valid_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from jsonschema import Draft202012Validator
+        from jsonschema.exceptions import SchemaError
+
+        try:
+            Draft202012Validator.check_schema(value)
+        except SchemaError as exc:
+            raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
+        if value.get("type") != "object":
+            raise ValueError('must be an object schema ({"type": "object", ...})')
+        return value
+
+
 class Settings(BaseSettings):
     """The effective kiosk configuration (immutable)."""
 
@@ -290,6 +344,14 @@ class Settings(BaseSettings):
     gpio: GpioSettings = GpioSettings()
     control: ControlSettings = ControlSettings()
     logging: LoggingSettings = LoggingSettings()
+    tools: list[ToolSettings] = []
+
+    @model_validator(mode="after")
+    def _unique_tools(self) -> Settings:
+        names = [tool.name for tool in self.tools]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tools: names must be unique: {names}")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -310,7 +372,9 @@ def secret_keys() -> list[tuple[str, str]]:
     out = []
     for section, field in Settings.model_fields.items():
         model = field.annotation
-        for key, sub in model.model_fields.items():  # type: ignore[union-attr]
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            continue  # [[tools]]: their secrets are credentials named in secret_headers
+        for key, sub in model.model_fields.items():
             if "SecretStr" in str(sub.annotation):
                 out.append((section, key))
     return out
@@ -419,6 +483,9 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        inner = ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items())
+        return "{ " + inner + " }" if inner else "{}"
     return json.dumps(str(value), ensure_ascii=False)
 
 
@@ -427,11 +494,13 @@ def render_toml(settings: Settings) -> str:
     dumped = settings.model_dump(mode="json")
     lines: list[str] = []
     for section, values in dumped.items():
-        lines.append(f"[{section}]")
-        for key, value in values.items():
-            if value is None:
-                lines.append(f"# {key} = (unset)")
-            else:
-                lines.append(f"{key} = {_toml_value(value)}")
-        lines.append("")
+        tables = values if isinstance(values, list) else [values]
+        for table in tables:
+            lines.append(f"[[{section}]]" if isinstance(values, list) else f"[{section}]")
+            for key, value in table.items():
+                if value is None:
+                    lines.append(f"# {key} = (unset)")
+                else:
+                    lines.append(f"{key} = {_toml_value(value)}")
+            lines.append("")
     return "\n".join(lines)

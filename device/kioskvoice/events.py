@@ -118,6 +118,22 @@ class SpeechStopped:
 
 
 @dataclass(frozen=True, slots=True)
+class FunctionCall:
+    """The model asks for a tool: ``response.function_call_arguments.done``. Acted on only
+    once its response completes (arguments also arrive for cancelled responses)."""
+
+    response_id: str
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolsDone:
+    """The tool outputs were sent with a new ``response.create``: a reply follows."""
+
+
+@dataclass(frozen=True, slots=True)
 class Reset:
     """New visitor (a long press, the idle timeout): forget the conversation."""
 
@@ -152,6 +168,8 @@ Event = (
     | Reset
     | SpeechStarted
     | SpeechStopped
+    | FunctionCall
+    | ToolsDone
 )
 
 
@@ -218,6 +236,13 @@ class Notice:
 
 
 @dataclass(frozen=True, slots=True)
+class RunTools:
+    """Run these calls of a completed response, send their outputs, ask for the reply."""
+
+    calls: tuple[FunctionCall, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class StateChanged:
     """The kiosk moved from ``old`` to ``new``."""
 
@@ -235,5 +260,6 @@ Action = (
     | PlayAudio
     | Interrupt
     | Notice
+    | RunTools
     | StateChanged
 )

@@ -33,6 +33,7 @@ from .events import (
     DeviceLost,
     DiscardTurn,
     Event,
+    FunctionCall,
     Interrupt,
     LinkDown,
     LinkFatal,
@@ -47,12 +48,14 @@ from .events import (
     Reset,
     ResponseDone,
     ResponseStarted,
+    RunTools,
     ServerError,
     SpeechStarted,
     SpeechStopped,
     State,
     StateChanged,
     Tick,
+    ToolsDone,
 )
 
 # Error codes that mean "the turn we just committed will get no reply".
@@ -97,6 +100,8 @@ class Kiosk:
         self._response_done = False
         self._audio_item: str | None = None
         self._progress_at = 0.0  # last sign of life of the current response
+        self._calls: list[FunctionCall] = []  # of the current response, run when it completes
+        self._tools_running = False
         self._handlers = {
             Press: self._on_press,
             Release: self._on_release,
@@ -113,6 +118,8 @@ class Kiosk:
             Reset: self._on_reset,
             SpeechStarted: self._on_speech_started,
             SpeechStopped: self._on_speech_stopped,
+            FunctionCall: self._on_function_call,
+            ToolsDone: self._on_tools_done,
         }
 
     def handle(self, event: Event, now: float) -> list[Action]:
@@ -131,7 +138,7 @@ class Kiosk:
         """A turn needs the current session: audio is streaming or the server still works on
         the reply (a reply fully received and only playing locally does not)."""
         if self.state is State.SPEAKING:
-            return not self._response_done
+            return not self._response_done or self._tools_running or self._awaiting_response
         return self.state in (State.LISTENING, State.THINKING)
 
     # --- helpers ---------------------------------------------------------------------------
@@ -143,6 +150,8 @@ class Kiosk:
         return [StateChanged(old, new)]
 
     def _forget_response(self) -> None:
+        self._calls = []
+        self._tools_running = False
         self._deliver_by = None
         self._awaiting_response = False
         self._response_id = None
@@ -224,6 +233,8 @@ class Kiosk:
             waited = f"link down for {self.deliver_within_s:g} s after the turn"
             return [Notice("turn_dropped", waited), *self._go(State.ERROR)]
         if self.state is State.SPEAKING and self._response_done and event.playback_idle:
+            if self._tools_running:
+                return self._go(State.THINKING)  # said "let me check"; the tools still run
             return self._after_reply(now)
         if (
             self.state in (State.THINKING, State.SPEAKING)
@@ -284,7 +295,7 @@ class Kiosk:
     def _on_response_started(self, event: ResponseStarted, now: float) -> list[Action]:
         # Only the response to our latest commit counts; one created before a barge-in is
         # ignored (its audio too), since it was already cancelled.
-        if self.state is State.THINKING and self._awaiting_response:
+        if self.state in (State.THINKING, State.SPEAKING) and self._awaiting_response:
             self._awaiting_response = False
             self._response_id = event.response_id
             self._progress_at = now
@@ -303,12 +314,33 @@ class Kiosk:
         if event.response_id != self._response_id:
             return []
         self._response_done = True
+        calls, self._calls = self._calls, []
         actions: list[Action] = []
+        if event.status == "completed" and calls:
+            # Only a completed response's calls run: arguments also arrive for cancelled ones.
+            self._tools_running = True
+            return [RunTools(tuple(calls))]
         if event.status not in ("completed", "cancelled"):
             actions.append(Notice("reply_failed", event.status))
         if self.state is State.THINKING:
             actions += self._after_reply(now)
         return actions
+
+    def _on_function_call(self, event: FunctionCall, now: float) -> list[Action]:
+        if event.response_id == self._response_id and not self._response_done:
+            self._calls.append(event)
+            self._progress_at = now
+        return []
+
+    def _on_tools_done(self, event: ToolsDone, now: float) -> list[Action]:
+        if not self._tools_running:
+            return []  # abandoned meanwhile (barge-in, reset, link down)
+        self._tools_running = False
+        self._response_id = self._audio_item = None
+        self._response_done = False
+        self._awaiting_response = True  # the outputs went with a new response.create
+        self._progress_at = now
+        return []
 
     def _on_device_lost(self, event: DeviceLost, now: float) -> list[Action]:
         self.device_ok = False

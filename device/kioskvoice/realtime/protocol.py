@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..events import (
+    FunctionCall,
     ReplyAudio,
     ResponseDone,
     ResponseStarted,
@@ -101,6 +102,7 @@ Incoming = (
     | ServerError
     | SpeechStarted
     | SpeechStopped
+    | FunctionCall
 )
 
 
@@ -111,6 +113,8 @@ class SessionOptions:
     instructions: str
     voice: str
     transcribe_input: bool = True
+    tools: tuple[dict[str, Any], ...] = ()
+    """Function tools declared to every session (``session.tools``)."""
 
 
 class Protocol:
@@ -135,6 +139,7 @@ class Protocol:
             "error": self._error,
             "input_audio_buffer.speech_started": lambda e: [SpeechStarted()],
             "input_audio_buffer.speech_stopped": lambda e: [SpeechStopped()],
+            "response.function_call_arguments.done": self._function_call,
         }
 
     # --- client events -----------------------------------------------------------------------
@@ -153,7 +158,7 @@ class Protocol:
         audio_input: dict[str, Any] = {"format": audio_format, "turn_detection": None}
         if self.options.transcribe_input:
             audio_input["transcription"] = {"model": TRANSCRIPTION_MODEL}
-        session = {
+        session: dict[str, Any] = {
             "type": "realtime",
             "instructions": self.options.instructions,
             "output_modalities": ["audio"],
@@ -162,6 +167,9 @@ class Protocol:
                 "output": {"format": audio_format, "voice": self.options.voice},
             },
         }
+        if self.options.tools:
+            session["tools"] = list(self.options.tools)
+            session["tool_choice"] = "auto"
         return session
 
     def turn_detection(self, vad: str | None) -> dict[str, Any]:
@@ -195,6 +203,11 @@ class Protocol:
         words as ``input_text``, the kiosk's as ``output_text`` (the GA content types)."""
         kind = "output_text" if role == "assistant" else "input_text"
         item = {"type": "message", "role": role, "content": [{"type": kind, "text": text}]}
+        return self._event("conversation.item.create", item=item)
+
+    def function_output(self, call_id: str, output: str) -> dict[str, Any]:
+        """A tool's result for the model (send ``response.create`` after the last one)."""
+        item = {"type": "function_call_output", "call_id": call_id, "output": output}
         return self._event("conversation.item.create", item=item)
 
     def truncate(self, item_id: str, audio_end_ms: int) -> dict[str, Any]:
@@ -254,6 +267,16 @@ class Protocol:
 
     def _user_transcript(self, event: dict[str, Any]) -> list[Incoming]:
         return [Transcript("user", str(event["item_id"]), str(event["transcript"]))]
+
+    def _function_call(self, event: dict[str, Any]) -> list[Incoming]:
+        return [
+            FunctionCall(
+                str(event["response_id"]),
+                str(event["call_id"]),
+                str(event["name"]),
+                str(event["arguments"]),
+            )
+        ]
 
     def _error(self, event: dict[str, Any]) -> list[Incoming]:
         error = event["error"]

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,6 +110,7 @@ class Supervisor:
         post: Callable[[Any], None],
         is_idle: Callable[[], bool] = lambda: True,
         healthy_after_s: float = 3.0,
+        tools: Sequence[dict[str, Any]] = (),
     ) -> None:
         self.settings = settings
         self.credentials = credentials
@@ -130,6 +131,7 @@ class Supervisor:
             instructions=settings.instructions,
             voice=settings.voice,
             transcribe_input=settings.transcribe_input,
+            tools=tuple(tools),
         )
         self._omit_model = False
         self._retiring: set[asyncio.Task[None]] = set()

@@ -394,6 +394,8 @@ class _Response:
     item: dict[str, Any] | None = None
     audio_bytes_sent: int = 0
     text_sent: str = ""
+    tool_call: tuple[str, dict[str, Any]] | None = None
+    """Answer with this function call (name, arguments) instead of speech."""
 
 
 def _new_id(prefix: str) -> str:
@@ -819,6 +821,7 @@ class _Connection:
         self._vad_item_id: str | None = None  # the user item the current speech will become
         self._pending_reply_ms: float | None = None
         self._active: _Response | None = None
+        self._tool_output: str | None = None  # the last function_call_output, for the reply
         self._audio_ms: dict[str, float] = {}  # assistant item id -> audio sent, for truncate
         self._conversation_id = _new_id("conv")
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
@@ -1144,6 +1147,8 @@ class _Connection:
         previous = self._insert_item(item, index)
         self._emit("conversation.item.added", previous_item_id=previous, item=item)
         self._emit("conversation.item.done", previous_item_id=previous, item=item)
+        if item.get("type") == "function_call_output":
+            self._tool_output = str(item.get("output", ""))
 
     def _on_item_truncate(self, event: dict[str, Any]) -> None:
         item_id = _require(event, "item_id", str, "")
@@ -1211,6 +1216,13 @@ class _Connection:
             if reply_ms is not None
             else "I did not hear anything."
         )
+        tool_output, self._tool_output = self._tool_output, None
+        if tool_output is not None:
+            text = f"The tool answered: {tool_output[:120]}"
+        declared = {t.get("name") for t in self.session.config.get("tools") or []}
+        tool_call = None
+        if tool_output is None and self._sim.tool_calls and self._sim.tool_calls[0][0] in declared:
+            tool_call = self._sim.tool_calls.pop(0)
         response = _Response(
             id=_new_id("resp"),
             item_id=_new_id("item"),
@@ -1222,6 +1234,7 @@ class _Connection:
             or self.session.config.get("instructions")
             or "",
             input_audio_ms=reply_ms or 0.0,
+            tool_call=tool_call,
         )
         self._active = response
         response.task = self._spawn(self._run_response(response))
@@ -1320,6 +1333,48 @@ class _Connection:
                     ),
                 )
 
+    async def _call_function(
+        self, response: _Response, name: str, arguments: dict[str, Any]
+    ) -> None:
+        """A response that calls a function, as the GA server streams one."""
+        call_id = _new_id("call")
+        args = json.dumps(arguments)
+        item: dict[str, Any] = {
+            "id": response.item_id,
+            "type": "function_call",
+            "object": "realtime.item",
+            "status": "in_progress",
+            "name": name,
+            "call_id": call_id,
+            "arguments": "",
+        }
+        response.item = item
+        self._emit("response.output_item.added", response_id=response.id, output_index=0, item=item)
+        previous = self._insert_item(item, len(self.session.items))
+        self._emit("conversation.item.added", previous_item_id=previous, item=item)
+        ids = {"response_id": response.id, "item_id": response.item_id, "output_index": 0}
+        for start in range(0, len(args), 16):
+            self._emit(
+                "response.function_call_arguments.delta",
+                **ids,
+                call_id=call_id,
+                delta=args[start : start + 16],
+            )
+            await asyncio.sleep(self._sim.burst_interval_s / 4)
+        self._emit(
+            "response.function_call_arguments.done",
+            **ids,
+            call_id=call_id,
+            name=name,
+            arguments=args,
+        )
+        item["status"] = "completed"
+        item["arguments"] = args
+        self._emit("response.output_item.done", response_id=response.id, output_index=0, item=item)
+        self._emit("conversation.item.done", previous_item_id=previous, item=item)
+        self._active = None
+        self._emit("response.done", response=self._response_object(response, "completed"))
+
     async def _stream_response(self, response: _Response) -> None:
         delay = self._sim.faults.reply_delay_s
         if delay > 0:
@@ -1328,6 +1383,9 @@ class _Connection:
             raise RuntimeError("simulated response failure")
         self._emit("response.created", response=self._response_object(response, "in_progress"))
         response.created_sent = True
+        if response.tool_call is not None:
+            await self._call_function(response, *response.tool_call)
+            return
 
         ids = {"response_id": response.id, "item_id": response.item_id, "output_index": 0}
         item: dict[str, Any] = {
@@ -1441,6 +1499,10 @@ class Simulator:
         self.burst_interval_s = burst_interval_s
         self.faults = faults if faults is not None else Faults()
         self.record = record
+        self.tool_calls: list[tuple[str, dict[str, Any]]] = []
+        """Queued function calls: the next response of a session that declares the named tool
+        calls it (name, arguments) instead of speaking; the response after the tool's output
+        then says what the tool answered."""
         """Keep every event in ``SimSession.received``/``sent`` (off for long soaks)."""
         self.sessions: list[SimSession] = []
         self.capped = 0
