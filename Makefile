@@ -53,6 +53,7 @@ SOAK_S ?= 1000
 bench: venv
 	$(BIN)/python -m kioskvoice.dsp.bench_speex
 	$(BIN)/python tests/bench/bench_panel.py --runs 50
+	$(BIN)/python tests/bench/bench_broker.py --requests 1000
 	$(BIN)/python tests/bench/bench_link.py --drops 20 --soak-s $(SOAK_S)
 
 clean:

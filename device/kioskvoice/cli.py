@@ -72,9 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     # Their own modules register these (and import numpy/soxr only when they run).
     from . import diag
     from .audio import record
+    from .broker import cli as broker
 
     diag.add_parser(sub)
     record.add_parsers(sub)  # record, dsp
+    broker.add_parser(sub)  # broker serve|add-device|list-devices|revoke-device
     return parser
 
 

@@ -136,7 +136,7 @@ class TokenBroker:
                 code="broker_unauthorized",
                 fatal=True,
             )
-        if status == 429 or status >= 500:
+        if status in (408, 429) or status >= 500:
             raise LinkError(f"token broker answered HTTP {status}", code="broker_unavailable")
         if status != 200:
             raise LinkError(
