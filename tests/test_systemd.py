@@ -279,6 +279,11 @@ mount -t tmpfs tmpfs /run
 mkdir -p /run/lock /run/kvtest
 cp -r {work}/stage/. /run/kvtest/
 chmod -R a+rX /run/kvtest
+# This checkout's package and the venv's site-packages, wherever they live (a clone under
+# /tmp would vanish under the tmpfs below, and /root is hidden from the service).
+mkdir -p /run/kvtest/device /run/kvtest/site
+mount --bind {device} /run/kvtest/device
+mount --bind {site} /run/kvtest/site
 # Whatever is written to /etc and /var/lib lands in layers under the test's directory.
 mount -t overlay overlay -o lowerdir=/etc,upperdir={work}/etc-up,workdir={work}/etc-wk /etc
 mount -t overlay overlay -o lowerdir=/var/lib,upperdir={work}/lib-up,workdir={work}/lib-wk /var/lib
@@ -302,24 +307,37 @@ Wants=systemd-journald.socket
 """
 
 
-def _world_reachable(path: Path) -> bool:
-    """Whether an unprivileged user can reach ``path`` (every parent searchable by others)."""
-    path = path.resolve()
-    return path.exists() and all(p.stat().st_mode & 0o001 for p in path.parents)
+# kioskvoice inside the namespace: the system's Python with the bind-mounted package and
+# site-packages (the checkout itself may be hidden there, under /tmp or /root).
+KV_IN_NS = (
+    "env",
+    "PYTHONPATH=/run/kvtest/device:/run/kvtest/site",
+    f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}",
+    "-m",
+    "kioskvoice",
+)
+
+
+def _site_packages() -> Path:
+    return (
+        Path(sys.prefix)
+        / "lib"
+        / f"python{sys.version_info.major}.{sys.version_info.minor}"
+        / ("site-packages")
+    )
 
 
 def _service_command() -> tuple[str, str]:
-    """How the kioskvoice user can start this checkout: (ExecStart, extra Environment line)."""
-    package_dir = REPO / "device"
-    if _world_reachable(Path(sys.executable)) and _world_reachable(package_dir):
-        return f"{KIOSKVOICE} run", ""
-    # The venv's interpreter is private (pyenv under /root): the system's Python of the same
-    # version runs the venv's packages.
+    """How the kioskvoice user can start this checkout: (ExecStart, extra Environment line).
+
+    The system's Python of the venv's version runs this checkout's package and the venv's
+    packages, both bind-mounted under /run/kvtest by the boot script: the venv's interpreter
+    may be private (pyenv under /root) and the checkout may sit anywhere, /tmp included.
+    """
     system = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
-    site = Path(sys.prefix) / "lib" / system.name / "site-packages"
-    if system.exists() and _world_reachable(package_dir) and _world_reachable(site):
-        return f"{system} -m kioskvoice run", f"PYTHONPATH={package_dir}:{site}"
-    pytest.skip("no Python interpreter here that the kioskvoice user can run")
+    if not system.exists() or not _site_packages().is_dir():
+        pytest.skip(f"no {system} for the kioskvoice user to run the venv's packages with")
+    return f"{system} -m kioskvoice run", "PYTHONPATH=/run/kvtest/device:/run/kvtest/site"
 
 
 def _cgroup_dirs() -> set[Path]:
@@ -345,7 +363,9 @@ class NamespacedSystemd:
         for name in ("etc-up", "etc-wk", "lib-up", "lib-wk"):
             (self.work / name).mkdir()
         script = self.work / "boot.sh"
-        script.write_text(_BOOT_SCRIPT.format(work=self.work))
+        script.write_text(
+            _BOOT_SCRIPT.format(work=self.work, device=REPO / "device", site=_site_packages())
+        )
         self._cgroups_before = _cgroup_dirs()
         self._unshare = subprocess.Popen(
             ["unshare", "--pid", "--fork", "--kill-child", "--mount", "--uts", "--ipc",
@@ -450,7 +470,7 @@ async def test_the_hardened_unit_runs_under_systemd(booted: NamespacedSystemd, s
         return await asyncio.to_thread(booted.run, *args)
 
     async def ctl(cmd: str) -> dict:
-        result = await ns(sys.executable, "-m", "kioskvoice", "ctl", cmd)
+        result = await ns(*KV_IN_NS, "ctl", cmd)
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 
@@ -505,7 +525,7 @@ async def test_the_hardened_unit_runs_under_systemd(booted: NamespacedSystemd, s
     everything = (await ns("journalctl", "-o", "json", "--no-pager")).stdout
     assert TEST_KEY not in everything
 
-    report = await ns(sys.executable, "-m", "kioskvoice.diag", "--json", "--unit")
+    report = await ns(*KV_IN_NS[:-1], "kioskvoice.diag", "--json", "--unit")
     summary = json.loads(report.stdout)
     assert summary["running"] and summary["starts"] == 1 and summary["turns"]["replies"] == 1
 
