@@ -9,12 +9,13 @@ APT_PACKAGES := portaudio19-dev libspeexdsp-dev libsystemd-dev swig pkg-config g
 	python3-dev python3-venv espeak-ng systemd-journal-remote libsoxr-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help system-deps venv demo test lint bench clean
+.PHONY: help system-deps venv demo test lint bench clean hw-test hw-test-sim
 
 help:
 	@echo "make demo   - the whole kiosk against the embedded Realtime simulator (no network/hardware)"
 	@echo "make test   - install everything, then lint and run the test suite"
 	@echo "make bench  - print speed and quality figures"
+	@echo "make hw-test - hardware tests on a kiosk (every test skips off-device, saying why)"
 
 # Install only the Debian packages that are missing; apt-get update only when something is.
 system-deps:
@@ -47,6 +48,16 @@ lint: venv
 
 test: lint
 	$(BIN)/pytest
+	$(MAKE) --no-print-directory hw-test-sim
+
+# On a Pi: the suite of hw-tests/ against the real mic array, speaker, button and LEDs.
+hw-test: venv
+	$(BIN)/pytest -s hw-tests
+
+# The same checks against virtual hardware (wav: devices, mock pins, the simulator), so they
+# cannot rot; make test runs it.
+hw-test-sim: venv
+	KIOSKVOICE_HW=sim $(BIN)/pytest hw-tests
 
 # Figures are printed, never asserted. SOAK_S=60 for a quick run (the link issue asks for 1000).
 SOAK_S ?= 1000

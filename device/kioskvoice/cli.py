@@ -70,11 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="directory for the demo's WAV files")
     sub.add_parser("devices", help="list audio devices")
     # Their own modules register these (and import numpy/soxr only when they run).
-    from . import diag
+    from . import diag, selftest
     from .audio import record
     from .broker import cli as broker
 
     diag.add_parser(sub)
+    selftest.add_parser(sub)
     record.add_parsers(sub)  # record, dsp
     broker.add_parser(sub)  # broker serve|add-device|list-devices|revoke-device
     return parser
