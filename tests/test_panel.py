@@ -235,8 +235,10 @@ async def test_long_press_is_a_new_visitor_at_once(sim, speech_wav, tmp_path, fa
 STATUS, RED, GREEN, BLUE, RING = 27, 22, 23, 24, 25
 
 
-def lit_values(pin, since: float) -> set[float]:
-    return {round(float(s.state), 2) for s in pin.states if s.timestamp >= since}
+def lit_values(pin, since: int) -> set[float]:
+    """The levels a mock pin took from its ``since``-th recorded change on (a recorded
+    timestamp is the time since the previous change, so changes are counted, not timed)."""
+    return {round(float(s.state), 2) for s in pin.states[since:]}
 
 
 @pytest.mark.parametrize("look", list(Look))
@@ -250,7 +252,7 @@ async def test_each_look_drives_its_documented_pattern(factory, look: Look) -> N
         panel.show(Look.IDLE)
         await asyncio.sleep(0.05)
         pins = {n: factory.pin(n) for n in (STATUS, RED, GREEN, BLUE, RING)}
-        since = {n: pin.states[-1].timestamp + 1e-9 for n, pin in pins.items()}
+        since = {n: len(pin.states) for n, pin in pins.items()}
         panel.show(look)
         pattern = STATUS_PATTERNS[look]
         await asyncio.sleep(min(2.2, 2 * (pattern.on_s + pattern.off_s) + 0.1))
@@ -344,13 +346,10 @@ async def test_an_led_without_pwm_still_shows_states() -> None:
     try:
         panel.show(State.IDLE)
         assert factory.pin(STATUS).state is True  # dim is not possible: on
-        since = factory.pin(STATUS).states[-1].timestamp + 1e-9
+        since = len(factory.pin(STATUS).states)
         panel.show(State.THINKING)  # a pulse becomes a blink
         await asyncio.sleep(1.0)
-        assert {s.state for s in factory.pin(STATUS).states if s.timestamp >= since} == {
-            True,
-            False,
-        }
+        assert {s.state for s in factory.pin(STATUS).states[since:]} == {True, False}
     finally:
         panel.close()
         factory.reset()
@@ -393,3 +392,26 @@ async def test_hands_free_holds_two_turns_with_server_vad(tmp_path, speech_pcm, 
     assert session.config["audio"]["input"]["turn_detection"] is None  # closed again
     for event in session.received:
         assert_client_event(event)
+
+
+def test_panel_command_shows_config_error_for_a_bad_config(tmp_path, monkeypatch) -> None:
+    """The alert unit's command: an invalid config still yields its [gpio] pins, and the
+    status LED blinks the config-error pattern."""
+    from gpiozero import Device
+
+    from kioskvoice.cli import main
+
+    bad = tmp_path / "kioskvoice.toml"
+    bad.write_text("[gpio]\nbutton_pin = 17\nstatus_led_pin = 27\n[audio]\nframe_ms = 15\n")
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
+    monkeypatch.setenv("GPIOZERO_MOCK_PIN_CLASS", "mockpwmpin")
+    assert main(["panel", "--config", str(bad), "--seconds", "0.5"]) == 0
+    pin = Device.pin_factory.pin(STATUS)
+    changes = pin.states[1:]
+    assert {round(float(s.state), 2) for s in changes} == {0.0, 1.0}  # blinking
+    # A recorded timestamp is the time since the previous change: the on and off times.
+    blink = STATUS_PATTERNS[Look.CONFIG_ERROR]
+    assert len(changes) >= 4
+    for change in changes[1:-1]:
+        assert change.timestamp == pytest.approx(blink.on_s, abs=0.05)
+    Device.pin_factory.reset()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -68,6 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--secret-ttl-s", type=float, default=600.0, help="lifetime of minted secrets")
     p = sub.add_parser("demo", help="the whole kiosk against the simulator, no hardware")
     p.add_argument("--out", type=Path, default=None, help="directory for the demo's WAV files")
+    p = sub.add_parser(
+        "panel", help="hold an LED pattern (the alert unit shows why the kiosk is not running)"
+    )
+    _config_arg(p)
+    p.add_argument(
+        "--look",
+        default="auto",
+        help="a pattern name (idle, error, config_error, ...) or auto: config_error when the "
+        "config is invalid, else error",
+    )
+    p.add_argument("--seconds", type=float, default=None, help="stop after this long")
     sub.add_parser("devices", help="list audio devices")
     # Their own modules register these (and import numpy/soxr only when they run).
     from . import diag, selftest
@@ -90,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "simulate": _simulate,
         "demo": _demo,
         "devices": _devices,
+        "panel": _panel,
     }
     handler = handlers.get(args.command) or args.handler
     try:
@@ -189,6 +202,58 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return run_demo(args.out)
+
+
+def _lenient_gpio(path: Path | None):
+    """The [gpio] section of a config that may be invalid elsewhere, else the defaults: the
+    LEDs must be able to say "config error" when nothing else can."""
+    import tomllib
+
+    from .config import DEFAULT_CONFIG_PATH, GpioSettings
+
+    try:
+        with (path or DEFAULT_CONFIG_PATH).open("rb") as fh:
+            return GpioSettings(**tomllib.load(fh).get("gpio", {}))
+    except Exception:
+        return GpioSettings()
+
+
+def _panel(args: argparse.Namespace) -> int:
+    from .panel import Look, Panel
+
+    look = args.look
+    try:
+        gpio = load_config(args.config).gpio
+        if look == "auto":
+            look = "error"
+    except ConfigError:
+        gpio = _lenient_gpio(args.config)
+        if look == "auto":
+            look = "config_error"
+    try:
+        shown = Look(look)
+    except ValueError:
+        print(f"kioskvoice: --look: unknown pattern {look!r}", file=sys.stderr)
+        return 2
+
+    async def hold() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        panel = Panel(gpio, lambda event: None)
+        panel.open(loop)
+        try:
+            panel.show(shown)
+            print(f"showing {shown.value} on the LEDs", flush=True)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(args.seconds):
+                    await stop.wait()
+        finally:
+            panel.close()
+
+    asyncio.run(hold())
+    return 0
 
 
 def _devices(args: argparse.Namespace) -> int:
