@@ -6,16 +6,18 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := portaudio19-dev libspeexdsp-dev libsystemd-dev swig pkg-config gcc \
-	python3-dev python3-venv espeak-ng systemd-journal-remote libsoxr-dev
+	python3-dev python3-venv espeak-ng systemd-journal-remote libsoxr-dev shellcheck
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help system-deps venv demo test lint bench clean hw-test hw-test-sim
+.PHONY: help system-deps venv demo test lint bench clean hw-test hw-test-sim image-check
+SHELL_SCRIPTS := image/install-into image/check image/build
 
 help:
 	@echo "make demo   - the whole kiosk against the embedded Realtime simulator (no network/hardware)"
 	@echo "make test   - install everything, then lint and run the test suite"
 	@echo "make bench  - print speed and quality figures"
 	@echo "make hw-test - hardware tests on a kiosk (every test skips off-device, saying why)"
+	@echo "make image-check - install into an arm64 Debian rootfs under emulation (minutes, root)"
 
 # Install only the Debian packages that are missing; apt-get update only when something is.
 system-deps:
@@ -45,6 +47,7 @@ demo: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	shellcheck $(SHELL_SCRIPTS)
 
 test: lint
 	$(BIN)/pytest
@@ -66,6 +69,11 @@ bench: venv
 	$(BIN)/python tests/bench/bench_panel.py --runs 50
 	$(BIN)/python tests/bench/bench_broker.py --requests 1000
 	$(BIN)/python tests/bench/bench_link.py --drops 20 --soak-s $(SOAK_S)
+
+# Not part of make test: it takes minutes, needs root, Debian's archive and PyPI (see
+# image/README.md). PIP_CERT passes a TLS-intercepting proxy's CA into the chroot if set.
+image-check: venv
+	$(SUDO) env PIP_CERT="$$PIP_CERT" PYTHON=$(abspath $(BIN))/python image/check
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build device/*.egg-info

@@ -64,14 +64,21 @@ def values(path: Path, key: str, section: str = "Service") -> list[str]:
     return [v for s, k, v in unit_settings(path) if s == section and k == key]
 
 
+def runnable_units(directory: Path) -> Path:
+    """Every unit of systemd/ copied into ``directory`` with ExecStart pointing at this venv's
+    kioskvoice (verify checks it exists), as they are installed together; returns the kiosk's
+    unit (it requires the provisioning unit, which must stand beside it)."""
+    assert KIOSKVOICE.exists()
+    directory.mkdir(parents=True, exist_ok=True)
+    for unit in SYSTEMD.glob("*.service"):
+        text = re.sub(r"(?m)^ExecStart=(\S+)", f"ExecStart={KIOSKVOICE}", unit.read_text())
+        (directory / unit.name).write_text(text)
+    return directory / UNIT.name
+
+
 @pytest.fixture
 def runnable_unit(tmp_path: Path) -> Path:
-    """The unit with ExecStart pointing at this venv's kioskvoice (verify checks it exists)."""
-    assert KIOSKVOICE.exists()
-    text = re.sub(r"(?m)^ExecStart=\S+", f"ExecStart={KIOSKVOICE}", UNIT.read_text())
-    copy = tmp_path / UNIT.name
-    copy.write_text(text)
-    return copy
+    return runnable_units(tmp_path)
 
 
 def test_unit_verifies_without_a_word(runnable_unit: Path) -> None:
@@ -294,7 +301,8 @@ systemd-tmpfiles --create /run/kvtest/kioskvoice.tmpfiles
 printf '%s\\n' "$KIOSKVOICE_TEST_KEY" > /etc/credstore/realtime.api_key
 chmod 0600 /etc/credstore/realtime.api_key
 mkdir -p /run/systemd/system/kioskvoice.service.d
-cp /run/kvtest/kioskvoice.service /run/kvtest/kv-test.target /run/systemd/system/
+cp /run/kvtest/kioskvoice.service /run/kvtest/kioskvoice-provision.service \\
+   /run/kvtest/kioskvoice-alert.service /run/kvtest/kv-test.target /run/systemd/system/
 cp /run/kvtest/test.conf /run/systemd/system/kioskvoice.service.d/
 unset KIOSKVOICE_TEST_KEY
 exec env container=kioskvoice-test /lib/systemd/systemd --system --unit=kv-test.target
@@ -438,7 +446,13 @@ def booted(tmp_path: Path, sim, speech_wav: Path) -> Iterator[NamespacedSystemd]
     exec_start, pythonpath = _service_command()
     stage = tmp_path / "stage"
     stage.mkdir()
-    for name in ("kioskvoice.service", "kioskvoice.sysusers", "kioskvoice.tmpfiles"):
+    for name in (
+        "kioskvoice.service",
+        "kioskvoice-provision.service",
+        "kioskvoice-alert.service",
+        "kioskvoice.sysusers",
+        "kioskvoice.tmpfiles",
+    ):
         shutil.copy(SYSTEMD / name, stage)
     shutil.copy(speech_wav, stage / "speech.wav")
     (stage / "kv-test.target").write_text(_TEST_TARGET)

@@ -82,11 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=None, help="stop after this long")
     sub.add_parser("devices", help="list audio devices")
     # Their own modules register these (and import numpy/soxr only when they run).
-    from . import diag, selftest
+    from . import diag, provision, selftest
     from .audio import record
     from .broker import cli as broker
 
     diag.add_parser(sub)
+    provision.add_parser(sub)
     selftest.add_parser(sub)
     record.add_parsers(sub)  # record, dsp
     broker.add_parser(sub)  # broker serve|add-device|list-devices|revoke-device
@@ -220,12 +221,14 @@ def _lenient_gpio(path: Path | None):
 
 def _panel(args: argparse.Namespace) -> int:
     from .panel import Look, Panel
+    from .provision import FAILED_MARKER
 
     look = args.look
     try:
         gpio = load_config(args.config).gpio
         if look == "auto":
-            look = "error"
+            # A provisioning file that was refused keeps the kiosk down: a config error too.
+            look = "config_error" if (Path("/") / FAILED_MARKER).exists() else "error"
     except ConfigError:
         gpio = _lenient_gpio(args.config)
         if look == "auto":

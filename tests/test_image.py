@@ -1,0 +1,173 @@
+"""The image tooling, fast: every shell script in image/ passes shellcheck, image/install-into
+really installs into a (non-emulated) temporary root without apt and the virtualenv, the
+provisioning unit verifies, and the rpi-image-gen layer installs the packages install-into
+expects. The full arm64 run is ``make image-check`` (image/check)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+IMAGE = REPO / "image"
+INSTALL_INTO = IMAGE / "install-into"
+PROVISION_UNIT = REPO / "systemd" / "kioskvoice-provision.service"
+KIOSKVOICE = Path(sys.executable).parent / "kioskvoice"
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _need(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.skip(f"{tool} is not installed")
+    return path
+
+
+def shell_scripts() -> list[Path]:
+    return sorted(
+        p
+        for p in IMAGE.rglob("*")
+        if p.is_file() and p.read_bytes()[:2] == b"#!" and b"sh" in p.read_bytes().split(b"\n")[0]
+    )
+
+
+def test_there_are_scripts_and_they_are_executable() -> None:
+    names = {p.name for p in shell_scripts()}
+    assert {"install-into", "check", "build"} <= names
+    for script in shell_scripts():
+        assert script.stat().st_mode & 0o111, script
+        assert "set -euo pipefail" in script.read_text(), script
+
+
+@pytest.mark.parametrize("script", shell_scripts(), ids=lambda p: p.name)
+def test_shellcheck(script: Path) -> None:
+    _need("shellcheck")
+    result = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.fixture(scope="module")
+def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A root file system that image/install-into filled, without apt and the venv."""
+    for tool in ("systemd-sysusers", "systemd-tmpfiles", "systemctl", "journalctl"):
+        _need(tool)
+    root = tmp_path_factory.mktemp("rootfs")
+    (root / "boot/firmware").mkdir(parents=True)
+    started = time.monotonic()
+    result = subprocess.run(
+        [str(INSTALL_INTO), "--no-packages", str(root)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 20
+    return root
+
+
+def test_install_into_installs_units_users_directories_and_rules(rootfs: Path) -> None:
+    units = rootfs / "usr/lib/systemd/system"
+    for source in (REPO / "systemd").glob("*.service"):
+        assert (units / source.name).read_bytes() == source.read_bytes()
+    for unit in ("kioskvoice.service", "kioskvoice-provision.service"):
+        link = rootfs / "etc/systemd/system/multi-user.target.wants" / unit
+        assert link.is_symlink() and str(link.readlink()) == f"/usr/lib/systemd/system/{unit}"
+    for path, source in {
+        "usr/lib/sysusers.d/kioskvoice.conf": "systemd/kioskvoice.sysusers",
+        "usr/lib/tmpfiles.d/kioskvoice.conf": "systemd/kioskvoice.tmpfiles",
+        "etc/systemd/journald.conf.d/kioskvoice.conf": "systemd/journald-kioskvoice.conf",
+        "usr/lib/systemd/catalog/kioskvoice.catalog": "systemd/kioskvoice.catalog",
+        "boot/firmware/kioskvoice.toml.example": "image/kioskvoice.toml.example",
+    }.items():
+        assert (rootfs / path).read_bytes() == (REPO / source).read_bytes(), path
+        assert (rootfs / path).stat().st_mode & 0o777 == 0o644, path
+    # sysusers: the service user, in audio and gpio; tmpfiles: its directories.
+    passwd = (rootfs / "etc/passwd").read_text()
+    assert re.search(
+        r"(?m)^kioskvoice:x:\d+:\d+:[^:]*:/var/lib/kioskvoice:/usr/sbin/nologin$", passwd
+    )
+    groups = {
+        line.split(":")[0]: line.split(":")
+        for line in (rootfs / "etc/group").read_text().splitlines()
+    }
+    assert "kioskvoice" in groups["audio"][3].split(",")
+    assert "kioskvoice" in groups["gpio"][3].split(",")
+    st = (rootfs / "etc/kioskvoice").stat()
+    assert (st.st_mode & 0o777, st.st_gid) == (0o750, int(groups["kioskvoice"][2]))
+    for store in ("etc/credstore", "etc/credstore.encrypted"):
+        assert (rootfs / store).stat().st_mode & 0o777 == 0o700
+    # The catalog is compiled; the udev rule names the ReSpeaker's card.
+    assert (rootfs / "var/lib/systemd/catalog/database").stat().st_size > 0
+    rules = (rootfs / "usr/lib/udev/rules.d/70-kioskvoice-respeaker.rules").read_text()
+    assert 'ATTRS{idVendor}=="2886", ATTRS{idProduct}=="0018", ATTR{id}="ReSpeaker"' in rules
+    # No credential host key ships in an image: every kiosk makes its own.
+    assert not (rootfs / "var/lib/systemd/credential.secret").exists()
+
+
+def test_install_into_is_repeatable(rootfs: Path) -> None:
+    passwd = (rootfs / "etc/passwd").read_text()
+    result = subprocess.run(
+        [str(INSTALL_INTO), "--no-packages", str(rootfs)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (rootfs / "etc/passwd").read_text() == passwd
+
+
+def test_the_installed_provisioning_unit_verifies(rootfs: Path, tmp_path: Path) -> None:
+    _need("systemd-analyze")
+    installed = rootfs / "usr/lib/systemd/system/kioskvoice-provision.service"
+    copy = tmp_path / installed.name
+    copy.write_text(re.sub(r"(?m)^ExecStart=\S+", f"ExecStart={KIOSKVOICE}", installed.read_text()))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=30
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_the_provisioning_unit_runs_once_per_file_before_network_and_kiosk() -> None:
+    settings: dict[str, list[str]] = {}
+    for line in PROVISION_UNIT.read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).extend(value.split())
+    assert settings["Type"] == ["oneshot"]
+    assert settings["ConditionPathExists"] == ["/boot/firmware/kioskvoice.toml"]
+    assert settings["RequiresMountsFor"] == ["/boot/firmware"]
+    assert {"NetworkManager.service", "network-pre.target", "kioskvoice.service"} <= set(
+        settings["Before"]
+    )
+    assert settings["ExecStart"] == ["/opt/kioskvoice/bin/kioskvoice", "provision"]
+    # The same venv path as the kiosk's own unit.
+    kiosk = (REPO / "systemd/kioskvoice.service").read_text()
+    assert "ExecStart=/opt/kioskvoice/bin/kioskvoice run" in kiosk
+
+
+def test_the_layer_installs_the_packages_install_into_expects() -> None:
+    listed = subprocess.run(
+        [str(INSTALL_INTO), "--print-packages"], capture_output=True, text=True, timeout=30
+    )
+    assert listed.returncode == 0
+    layer = (IMAGE / "layer/kioskvoice.yaml").read_text()
+    block = re.search(r"(?ms)^  packages:\n((?:    - \S+\n)+)", layer)
+    assert block, "no packages list in the layer"
+    declared = re.findall(r"- (\S+)", block.group(1))
+    assert sorted(declared) == sorted(listed.stdout.split())
+    assert "install-into" in layer
+    config = (IMAGE / "config/kioskvoice.yaml").read_text()
+    assert re.search(r"(?m)^\s+app: kioskvoice$", config)
+
+
+def test_image_check_knows_every_example_secret() -> None:
+    # image/check greps the boot tree for the example's secret values after provisioning.
+    example = (IMAGE / "kioskvoice.toml.example").read_text()
+    check = (IMAGE / "check").read_text()
+    for key in ("api_key", "wifi_passphrase"):
+        value = re.search(rf'(?m)^{key} = "([^"]+)"', example)
+        assert value and value.group(1) in check, key
