@@ -33,23 +33,15 @@ from .events import (
     DiscardTurn,
     FunctionCall,
     Interrupt,
-    LinkDown,
-    LinkFatal,
-    LinkUp,
     Notice,
     OpenConversation,
     OpenMic,
     PlayAudio,
     Press,
     Release,
-    ReplyAudio,
     Reset,
     ResponseDone,
-    ResponseStarted,
     RunTools,
-    ServerError,
-    SpeechStarted,
-    SpeechStopped,
     State,
     StateChanged,
     Tick,
@@ -75,25 +67,6 @@ STATS_EVERY = 10  # a stats record every STATS_EVERY * COUNTERS_S, even when all
 # a PortAudio call is wedged: withhold the watchdog so systemd restarts us. It allows the
 # 1.5 s stall detection plus a PortAudio re-initialisation, which can take a second.
 PROGRESS_STALL_S = 5.0
-_KIOSK_EVENTS = (
-    Press,
-    Release,
-    Tick,
-    LinkUp,
-    LinkDown,
-    LinkFatal,
-    ResponseStarted,
-    ReplyAudio,
-    ResponseDone,
-    ServerError,
-    DeviceLost,
-    DeviceBack,
-    Reset,
-    SpeechStarted,
-    SpeechStopped,
-    FunctionCall,
-    ToolsDone,
-)
 
 
 class _Stop(Exception):
@@ -392,7 +365,7 @@ class App:
                 "device_lost" if lost else "device_back",
                 f"audio device lost: {event.reason}" if lost else "audio devices are back",
             )
-        if isinstance(event, _KIOSK_EVENTS):
+        if self.kiosk.accepts(event):
             assert self._loop is not None
             if isinstance(event, ResponseDone) and self._player is not None:
                 self._player.finish()

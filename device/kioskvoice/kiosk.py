@@ -122,6 +122,10 @@ class Kiosk:
             ToolsDone: self._on_tools_done,
         }
 
+    def accepts(self, event: object) -> bool:
+        """Whether ``event`` is one of the kiosk's events (the others are not its business)."""
+        return type(event) in self._handlers
+
     def handle(self, event: Event, now: float) -> list[Action]:
         """Apply one event at monotonic time ``now``; return the actions to carry out, in order."""
         return self._handlers[type(event)](event, now)  # type: ignore[operator]
