@@ -187,8 +187,26 @@ class WavOutput:
         self._writer.close()
 
 
-class PortAudioInput:
+class _PortAudioStream:
+    """What every PortAudio stream of ours shares: its health check and its teardown."""
+
+    _stream: Any
+    device: Any
+    _direction = ""
+
+    def problem(self) -> str | None:
+        """Why the stream no longer runs, or None (see :func:`_stream_problem`)."""
+        label = f"{self._direction} {self.device.name!r}".strip()
+        return _stream_problem(self._stream, label)
+
+    def stop(self) -> None:
+        _close_stream(self._stream)
+
+
+class PortAudioInput(_PortAudioStream):
     """A PortAudio capture stream found by name, delivering blocks from its callback thread."""
+
+    _direction = "input"
 
     def __init__(self, pa: Any, name: str, *, rate: int, channels: int, frame_ms: int) -> None:
         import pyaudio
@@ -229,18 +247,13 @@ class PortAudioInput:
         self._on_block = on_block
         self._stream.start_stream()
 
-    def problem(self) -> str | None:
-        """Why the stream no longer runs, or None (see :func:`_stream_problem`)."""
-        return _stream_problem(self._stream, f"input {self.device.name!r}")
 
-    def stop(self) -> None:
-        _close_stream(self._stream)
-
-
-class PortAudioOutput:
+class PortAudioOutput(_PortAudioStream):
     """A PortAudio playback stream found by name, at ``rate`` (default: the device's default
     rate), mono, or stereo with the same samples on both channels when the device refuses
     mono. ``last_pull_at`` is when the stream last asked for a block."""
+
+    _direction = "output"
 
     def __init__(self, pa: Any, name: str, *, frame_ms: int, rate: int | None = None) -> None:
         import pyaudio
@@ -294,15 +307,8 @@ class PortAudioOutput:
         self._on_played = on_played
         self._stream.start_stream()
 
-    def problem(self) -> str | None:
-        """Why the stream no longer runs, or None."""
-        return _stream_problem(self._stream, f"output {self.device.name!r}")
 
-    def stop(self) -> None:
-        _close_stream(self._stream)
-
-
-class PortAudioDuplex:
+class PortAudioDuplex(_PortAudioStream):
     """One full-duplex PortAudio stream on one device: capture and playback in the same
     callback, on one clock.
 
@@ -367,13 +373,6 @@ class PortAudioDuplex:
         self._player = player
         self._on_played = on_played
         self._stream.start_stream()
-
-    def problem(self) -> str | None:
-        """Why the stream no longer runs, or None."""
-        return _stream_problem(self._stream, f"{self.device.name!r}")
-
-    def stop(self) -> None:
-        _close_stream(self._stream)
 
 
 def _pull(player: Player | None, frames: int) -> bytes:
