@@ -43,8 +43,10 @@ def _restore_logging() -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _no_credstore(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Never the machine's own /etc/credstore."""
-    monkeypatch.setattr(selftest, "CREDSTORE", tmp_path / "no-credstore")
-    monkeypatch.setattr(selftest, "CREDSTORE_ENCRYPTED", tmp_path / "no-credstore.encrypted")
+    monkeypatch.setattr(selftest.credstore, "CREDSTORE", tmp_path / "no-credstore")
+    monkeypatch.setattr(
+        selftest.credstore, "CREDSTORE_ENCRYPTED", tmp_path / "no-credstore.encrypted"
+    )
 
 
 @pytest.fixture
@@ -264,8 +266,8 @@ def test_credentials_come_from_the_units_store(
     store = tmp_path / "credstore"
     store.mkdir()
     (store / "realtime.api_key").write_text("sk-from-the-credstore-0123456789\n")
-    monkeypatch.setattr(selftest, "CREDSTORE", store)
-    monkeypatch.setattr(selftest, "CREDSTORE_ENCRYPTED", tmp_path / "absent")
+    monkeypatch.setattr(selftest.credstore, "CREDSTORE", store)
+    monkeypatch.setattr(selftest.credstore, "CREDSTORE_ENCRYPTED", tmp_path / "absent")
     config = tmp_path / "k.toml"
     config.write_text("", encoding="utf-8")
     settings = selftest.load_settings(config)
