@@ -21,7 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from kioskvoice.sim import Faults, Simulator, Truncation, voice
-from kioskvoice.sim.server import EnergyVad, VadEdge, VadParams, threshold_dbfs
+from kioskvoice.sim.vad import EnergyVad, VadEdge, VadParams, threshold_dbfs
 from realtime_schema import assert_client_event, assert_server_event
 
 API_KEY = "test-key"
