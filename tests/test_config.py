@@ -153,3 +153,48 @@ def test_run_without_api_key_exits_78(tmp_path: Path) -> None:
     result = run_cli("run", "--config", str(write(tmp_path, "")))
     assert result.returncode == 78
     assert "realtime.api_key: required" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "first", "second"),
+    [
+        ("[audio]\nmax_turn_s = 1\n[interaction]\nmin_turn_ms = 1500", "min_turn_ms", "max_turn_s"),
+        (
+            "[audio]\nmax_turn_s = 60\n[interaction]\nidle_reset_s = 30",
+            "idle_reset_s",
+            "max_turn_s",
+        ),
+        (
+            "[audio]\nmax_turn_s = 5\n[interaction]\nidle_reset_s = 6\nreply_timeout_s = 7",
+            "reply_timeout_s",
+            "idle_reset_s",
+        ),
+        (
+            "[audio]\nmax_turn_s = 5\n[interaction]\nidle_reset_s = 6\nthinking_cue_s = 6\n"
+            "reply_timeout_s = 3",
+            "thinking_cue_s",
+            "idle_reset_s",
+        ),
+    ],
+)
+def test_contradicting_timings_exit_78_naming_both_keys(tmp_path, text, first, second) -> None:
+    secret = "sk-proj-0123456789abcdefghijSECRET"
+    path = write(tmp_path, f'[realtime]\napi_key = "{secret}"\n{text}\n')
+    result = run_cli("check-config", "--config", str(path))
+    assert result.returncode == 78
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and first in lines[0] and second in lines[0], result.stderr
+    assert secret not in result.stdout + result.stderr
+
+
+def test_a_section_wide_check_never_echoes_the_section(tmp_path) -> None:
+    secret = "sk-proj-0123456789abcdefghijSECRET"
+    text = f'[realtime]\napi_key = "{secret}"\nsession_max_s = 60\nrollover_margin_s = 120\n'
+    result = run_cli("check-config", "--config", str(write(tmp_path, text)))
+    assert result.returncode == 78 and "rollover_margin_s" in result.stderr
+    assert secret not in result.stdout + result.stderr
+
+
+def test_the_removed_long_press_is_accepted_and_ignored(tmp_path) -> None:
+    path = write(tmp_path, "[interaction]\nlong_press_s = 5\n")
+    assert load_config(path).interaction.long_press_s == 5

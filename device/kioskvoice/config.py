@@ -136,7 +136,12 @@ class AudioSettings(_Section):
     frame_ms: Literal[10, 20] = 20
     """Block length of the audio loop in milliseconds."""
     max_turn_s: Annotated[float, Field(gt=0, le=300)] = 30.0
-    """A push held longer than this ends the turn by itself."""
+    """A push held longer than this ends the turn by itself: the turn is sent and answered,
+    and a short cue tells the visitor they were cut off."""
+    silence_floor_dbfs: Annotated[float, Field(ge=-90, le=-10)] = -50.0
+    """A push-to-talk turn whose loudest 20 ms (after echo cancellation and noise
+    suppression) stays under this level, and in which the speech detector never fired, is
+    silent: it is not sent, and the visitor is asked to speak closer."""
 
     @model_validator(mode="after")
     def _channel_in_range(self) -> AudioSettings:
@@ -195,8 +200,20 @@ class InteractionSettings(_Section):
     preroll_ms: Annotated[int, Field(ge=0, le=1000)] = 300
     """Audio from just before the press that is sent with the turn, so the first syllable
     is never clipped."""
-    long_press_s: Annotated[float, Field(ge=1, le=60)] = 5.0
-    """Holding the button this long means "new visitor": the conversation is reset."""
+    long_press_s: float | None = None
+    """Removed, ignored with a warning: a long press is what a long question looks like. A
+    new visitor starts after ``idle_reset_s``, on ``gpio.reset_button_pin`` or with
+    ``kioskvoice ctl reset``."""
+    reply_timeout_s: Annotated[float, Field(ge=1, le=120)] = 8.0
+    """A sent turn whose reply has not started this long after the commit (or a reply that
+    stops making progress this long) ends in a spoken apology; a reply that starts later is
+    cancelled."""
+    thinking_cue_s: Annotated[float, Field(ge=0, le=60)] = 2.0
+    """A tool call still running this long after the model asked for it plays a soft,
+    repeating "still working" sound until the answer starts; 0 turns it off."""
+    mic_suspect_turns: Annotated[int, Field(ge=1, le=100)] = 3
+    """This many silent push-to-talk turns in a row log ``mic_suspect`` and show the error
+    look while idle, until a turn with speech arrives."""
     idle_reset_s: Annotated[float, Field(ge=1, le=86400)] = 120.0
     """After this long without a press the conversation is forgotten: the next visitor
     starts afresh (a new session, nothing replayed)."""
@@ -213,6 +230,17 @@ class InteractionSettings(_Section):
     sound_error: Path | None = None
     """WAV played when a press cannot be served or a turn was lost (default: a spoken
     "Sorry, I cannot answer right now...")."""
+    sound_apology: Path | None = None
+    """WAV played when a reply failed, never started or was cut off (default: a spoken
+    "Sorry, something went wrong. Please ask me again.")."""
+    sound_no_speech: Path | None = None
+    """WAV played when a turn held no speech and was not sent (default: a spoken "I did not
+    hear anything. Please speak closer to the microphone.")."""
+    sound_max_turn: Path | None = None
+    """WAV played when a turn reaches ``audio.max_turn_s`` and is sent (default: two short
+    beeps)."""
+    sound_thinking: Path | None = None
+    """WAV repeated while a slow tool call runs (default: a soft two-note chime)."""
 
 
 class GpioSettings(_Section):
@@ -230,6 +258,9 @@ class GpioSettings(_Section):
     """Optional RGB status LED: [red, green, blue] pins (common cathode)."""
     ring_led_pin: Annotated[int, Field(ge=0, le=27)] | None = None
     """Optional LED in or around the button: lit when a press will be heard."""
+    reset_button_pin: Annotated[int, Field(ge=0, le=27)] | None = None
+    """Optional "new visitor" button (wired like the main one): a press forgets the
+    conversation at once. Unset: the idle reset and ``kioskvoice ctl reset`` remain."""
 
     @field_validator("rgb_led_pins")
     @classmethod
@@ -240,7 +271,13 @@ class GpioSettings(_Section):
 
     @model_validator(mode="after")
     def _distinct_pins(self) -> GpioSettings:
-        pins = [self.button_pin, self.status_led_pin, self.ring_led_pin, *(self.rgb_led_pins or [])]
+        pins = [
+            self.button_pin,
+            self.reset_button_pin,
+            self.status_led_pin,
+            self.ring_led_pin,
+            *(self.rgb_led_pins or []),
+        ]
         used = [p for p in pins if p is not None]
         if len(set(used)) != len(used):
             raise ValueError(f"a pin is used twice: {used}")
@@ -353,6 +390,34 @@ class Settings(BaseSettings):
             raise ValueError(f"tools: names must be unique: {names}")
         return self
 
+    @model_validator(mode="after")
+    def _timings_agree(self) -> Settings:
+        # Each pair would make one of the two settings meaningless, or eat a visitor's turn.
+        a, i = self.audio, self.interaction
+        if i.min_turn_ms >= a.max_turn_s * 1000:
+            raise ValueError(
+                f"interaction.min_turn_ms ({i.min_turn_ms} ms) must be shorter than "
+                f"audio.max_turn_s ({a.max_turn_s:g} s): every turn would be a tap"
+            )
+        if i.idle_reset_s < a.max_turn_s:
+            raise ValueError(
+                f"interaction.idle_reset_s ({i.idle_reset_s:g} s) must be at least "
+                f"audio.max_turn_s ({a.max_turn_s:g} s): the conversation would be reset "
+                "while a visitor still talks"
+            )
+        if i.reply_timeout_s > i.idle_reset_s:
+            raise ValueError(
+                f"interaction.reply_timeout_s ({i.reply_timeout_s:g} s) must not exceed "
+                f"interaction.idle_reset_s ({i.idle_reset_s:g} s): the conversation would be "
+                "reset before the visitor hears why no answer came"
+            )
+        if i.thinking_cue_s and i.thinking_cue_s >= i.idle_reset_s:
+            raise ValueError(
+                f"interaction.thinking_cue_s ({i.thinking_cue_s:g} s) must be shorter than "
+                f"interaction.idle_reset_s ({i.idle_reset_s:g} s)"
+            )
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -429,13 +494,20 @@ def _describe(error: Mapping[str, Any], env: Mapping[str, str]) -> str:
     elif msg.startswith("Value error, "):
         msg = msg.removeprefix("Value error, ")
     secret = tuple(loc[:2]) in secret_keys()
-    if not secret and error["type"] != "extra_forbidden" and "input" in error:
-        shown = json.dumps(error["input"], default=str)
+    # Only a single value is echoed: a check over a whole section (or the whole file) gets
+    # the section as its input, secrets included.
+    value = error.get("input")
+    if not secret and error["type"] != "extra_forbidden" and "input" in error and _scalar(value):
+        shown = json.dumps(value, default=str)
         msg += f" (got {shown[:60]})"
     env_name = ENV_PREFIX + ENV_DELIMITER.join(p.upper() for p in loc)
     if env_name in {k.upper() for k in env}:
         msg += f" [from ${env_name}]"
-    return f"{key}: {msg}"
+    return f"{key}: {msg}" if loc else msg
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool) or value is None
 
 
 def _check_env_names(env: Mapping[str, str]) -> None:
