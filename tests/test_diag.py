@@ -159,11 +159,28 @@ def test_summary_counts() -> None:
         "replies_cut": 1,
         "replies_failed": 0,
         "presses_while_unavailable": 0,
+        "silent": 0,
     }
     assert running["latency_ms"] == {"count": 1, "p50": 400, "p90": 400, "p99": 400, "max": 400}
     assert running["errors"] == {"total": 1, "by_code": {"rate_limit_exceeded": 1}}
     assert running["devices"] == {"lost": 1, "back": 1, "capture_stalls": 1, "dropped_frames": 5}
     assert running["priorities"] == {"err": 1, "warning": 1, "info": len(records) - 2}
+
+
+def test_mic_suspect_shows_until_mic_ok_or_a_restart() -> None:
+    silent = ["turn_start", "no_speech"] * 3
+
+    def mic(records) -> dict:
+        return summarise(records).to_dict(running=True)["mic"]
+
+    suspect = [*_process(1, "config_loaded", *silent, "mic_suspect", "mic_clipping")]
+    assert mic(suspect) == {"suspect": True, "suspect_records": 1, "clipping_turns": 1}
+    counts = summarise(suspect).to_dict(running=True)
+    assert counts["turns"]["silent"] == 3
+    text = diag.render_text({"since": None, "running": True, "state": None, **counts})
+    assert "mic:            SUSPECT" in text and "3 silent (not sent)" in text
+    assert mic([*suspect, *_process(1, "mic_ok")])["suspect"] is False
+    assert mic([*suspect, *_process(2, "config_loaded")])["suspect"] is False
 
 
 def test_empty_summary_renders() -> None:

@@ -25,6 +25,7 @@ import pytest
 import journald
 import test_e2e
 from conftest import TEST_KEY
+from kioskvoice.audio.wavio import write_wav
 from kioskvoice.system import logging as klogging
 from kioskvoice.system.catalog import ENTRIES, MESSAGE_IDS
 from kioskvoice.system.logging import (
@@ -248,18 +249,26 @@ def journal_stderr(tmp_path: Path) -> Iterator[tuple[IO[bytes], dict[str, str]]]
         yield err, {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
 
 
-async def test_a_turn_in_the_journal_and_in_diag(
-    journal, sim, daemon_env, journal_stderr, tmp_path
-) -> None:
-    since = journald.now_us()
+async def journal_daemon(env, journal_stderr, tmp_path):
+    """``kioskvoice run`` configured by ``env``, logging to journald as under systemd; the
+    process and the environment it got."""
     empty = tmp_path / "empty.toml"
     empty.write_text("")
     err, stream_env = journal_stderr
-    env = {**daemon_env, **stream_env, "KIOSKVOICE_LOGGING__TARGET": "journal"}
+    env = {**env, **stream_env, "KIOSKVOICE_LOGGING__TARGET": "journal"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "kioskvoice", "run", "--config", str(empty),
         env=env, stdout=err, stderr=err,
     )  # fmt: skip
+    return proc, env
+
+
+async def test_a_turn_in_the_journal_and_in_diag(
+    journal, sim, daemon_env, journal_stderr, tmp_path
+) -> None:
+    since = journald.now_us()
+    env = {**daemon_env, "KIOSKVOICE_LOGGING__TARGET": "journal"}
+    proc, env = await journal_daemon(env, journal_stderr, tmp_path)
     try:
         await wait_status(env, 20, state="idle", link="connected")
         code, _, _ = await cli("ctl", "press", env=env)
@@ -325,6 +334,49 @@ async def test_a_turn_in_the_journal_and_in_diag(
         "count": 1, "p50": latency, "p90": latency, "p99": latency, "max": latency
     }  # fmt: skip
     assert report["errors"] == {"total": 0, "by_code": {}}
+
+
+async def test_three_silent_turns_are_mic_suspect_in_the_journal_and_in_diag(
+    journal, sim, daemon_env, journal_stderr, tmp_path
+) -> None:
+    since = journald.now_us()
+    dead = tmp_path / "dead.wav"
+    write_wav(dead, bytes(2 * 16000), 16000)  # a muted microphone: digital silence
+    env = {
+        **daemon_env,
+        "KIOSKVOICE_AUDIO__INPUT_DEVICE": f"wav:{dead}",
+        "KIOSKVOICE_INTERACTION__EARCONS": "false",
+    }
+    proc, env = await journal_daemon(env, journal_stderr, tmp_path)
+    try:
+        await wait_status(env, 20, state="idle", link="connected")
+        for _ in range(3):
+            assert (await cli("ctl", "press", env=env))[0] == 0
+            await asyncio.sleep(0.5)
+            assert (await cli("ctl", "release", env=env))[0] == 0
+        mine = f"_PID={proc.pid}"
+        await asyncio.to_thread(journald.wait_for_entries, mine, "KIOSKVOICE_EVENT=mic_suspect")
+        entries = await asyncio.to_thread(journald.journal_json, mine)
+        diag = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "kioskvoice.diag", "--since", f"@{since / 1e6:.6f}",
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        async with asyncio.timeout(20):
+            out, errout = await diag.communicate()
+        assert diag.returncode == 0, errout.decode()
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(5):
+                await proc.wait()
+    suspect = [e for e in entries if e.get("KIOSKVOICE_EVENT") == "mic_suspect"]
+    assert len(suspect) == 1 and suspect[0]["MESSAGE_ID"] == MESSAGE_IDS["mic_suspect"].hex
+    assert [e["MESSAGE_ID"] for e in entries if e.get("KIOSKVOICE_EVENT") == "no_speech"] == [
+        MESSAGE_IDS["no_speech"].hex
+    ] * 3
+    text = out.decode()
+    assert "mic:            SUSPECT" in text and "3 silent (not sent)" in text, text
+    assert not any(e["type"] == "input_audio_buffer.append" for e in sim.sessions[0].received)
 
 
 def _free_port() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kioskvoice.events import (
+    CancelResponse,
     CommitTurn,
     DiscardTurn,
     Interrupt,
@@ -15,18 +16,30 @@ from kioskvoice.events import (
     Press,
     Release,
     ReplyAudio,
+    Reset,
     ResponseDone,
     ResponseStarted,
     ServerError,
+    SpeechStarted,
+    SpeechStopped,
     State,
     StateChanged,
     Tick,
+    VoiceHeard,
 )
 from kioskvoice.kiosk import Kiosk
 
 
 def kinds(actions) -> list[str]:
     return [type(a).__name__ for a in actions]
+
+
+def press(kiosk: Kiosk, t: float) -> list:
+    """A press by a visitor who then speaks (the app posts VoiceHeard once the turn's audio
+    holds speech); returns the press's actions."""
+    actions = kiosk.handle(Press(), t)
+    kiosk.handle(VoiceHeard(), t)
+    return actions
 
 
 def online() -> Kiosk:
@@ -36,7 +49,7 @@ def online() -> Kiosk:
 
 
 def speaking(kiosk: Kiosk, t: float = 1.0) -> Kiosk:
-    kiosk.handle(Press(), t)
+    press(kiosk, t)
     kiosk.handle(Release(), t + 2)
     kiosk.handle(ResponseStarted("resp_1"), t + 2.1)
     kiosk.handle(ReplyAudio("resp_1", "item_1", b"\0\0" * 240), t + 2.2)
@@ -47,12 +60,12 @@ def speaking(kiosk: Kiosk, t: float = 1.0) -> Kiosk:
 def test_starts_offline_and_a_press_records() -> None:
     kiosk = Kiosk()
     assert kiosk.state is State.OFFLINE
-    assert kiosk.handle(Press(), 0.0) == [StateChanged(State.OFFLINE, State.LISTENING), OpenMic()]
+    assert press(kiosk, 0.0) == [StateChanged(State.OFFLINE, State.LISTENING), OpenMic()]
 
 
 def test_full_turn() -> None:
     kiosk = online()
-    assert kiosk.handle(Press(), 1.0) == [StateChanged(State.IDLE, State.LISTENING), OpenMic()]
+    assert press(kiosk, 1.0) == [StateChanged(State.IDLE, State.LISTENING), OpenMic()]
     assert kiosk.handle(Release(), 3.0) == [
         CommitTurn(),
         StateChanged(State.LISTENING, State.THINKING),
@@ -78,7 +91,7 @@ def test_playback_idle_before_response_done_keeps_speaking() -> None:
 
 def test_short_tap_sends_nothing() -> None:
     kiosk = online()
-    kiosk.handle(Press(), 1.0)
+    press(kiosk, 1.0)
     actions = kiosk.handle(Release(), 1.1)
     assert kinds(actions) == ["DiscardTurn", "Notice", "StateChanged"]
     assert actions[1] == Notice("too_short")
@@ -88,7 +101,7 @@ def test_short_tap_sends_nothing() -> None:
 def test_max_turn_ends_the_turn_itself() -> None:
     kiosk = Kiosk(max_turn_s=5)
     kiosk.handle(LinkUp(), 0)
-    kiosk.handle(Press(), 1.0)
+    press(kiosk, 1.0)
     assert kiosk.handle(Tick(), 5.9) == []
     actions = kiosk.handle(Tick(), 6.0)
     assert kinds(actions) == ["Notice", "CommitTurn", "StateChanged"]
@@ -98,7 +111,7 @@ def test_max_turn_ends_the_turn_itself() -> None:
 
 def test_barge_in_while_speaking() -> None:
     kiosk = speaking(online())
-    actions = kiosk.handle(Press(), 5.0)
+    actions = press(kiosk, 5.0)
     assert actions[0] == Interrupt(response_id="resp_1", item_id="item_1", cancel=True)
     assert kinds(actions[1:]) == ["StateChanged", "OpenMic"]
     assert kiosk.state is State.LISTENING
@@ -111,15 +124,15 @@ def test_barge_in_while_speaking() -> None:
 def test_barge_in_after_response_done_does_not_cancel() -> None:
     kiosk = speaking(online())
     kiosk.handle(ResponseDone("resp_1", "completed"), 4.0)
-    actions = kiosk.handle(Press(), 4.5)
+    actions = press(kiosk, 4.5)
     assert actions[0] == Interrupt(response_id="resp_1", item_id="item_1", cancel=False)
 
 
 def test_barge_in_while_thinking_ignores_the_old_response() -> None:
     kiosk = online()
-    kiosk.handle(Press(), 1.0)
+    press(kiosk, 1.0)
     kiosk.handle(Release(), 2.0)
-    actions = kiosk.handle(Press(), 2.1)
+    actions = press(kiosk, 2.1)
     assert actions[0] == Interrupt(response_id=None, item_id=None, cancel=True)
     # The response created for the abandoned turn arrives late and is ignored.
     assert kiosk.handle(ResponseStarted("resp_old"), 2.2) == []
@@ -134,7 +147,7 @@ def test_barge_in_while_thinking_ignores_the_old_response() -> None:
 
 def test_commit_rejected_returns_to_idle() -> None:
     kiosk = online()
-    kiosk.handle(Press(), 1.0)
+    press(kiosk, 1.0)
     kiosk.handle(Release(), 2.0)
     actions = kiosk.handle(ServerError("input_audio_buffer_commit_empty", "too small"), 2.1)
     assert Notice("too_short", "input_audio_buffer_commit_empty") in actions
@@ -149,20 +162,26 @@ def test_other_server_errors_do_not_change_state() -> None:
 
 def test_no_reply_times_out() -> None:
     kiosk = online()
-    kiosk.handle(Press(), 1.0)
+    press(kiosk, 1.0)
     kiosk.handle(Release(), 2.0)
     assert kiosk.handle(Tick(), 21.9) == []
     actions = kiosk.handle(Tick(), 22.0)
-    assert Notice("no_reply", "no progress") in actions and kiosk.state is State.IDLE
+    assert Notice("no_reply", "the reply did not start") in actions
+    assert kiosk.state is State.IDLE
+    # The reply starts after the visitor was told it failed: it is cancelled, never played.
+    assert kiosk.handle(ResponseStarted("late"), 23.0) == [CancelResponse("late")]
+    assert kiosk.handle(ReplyAudio("late", "item_late", b"\0\0"), 23.1) == []
+    assert kiosk.state is State.IDLE
 
 
 def test_a_started_response_that_stalls_times_out() -> None:
     kiosk = online()
-    kiosk.handle(Press(), 1.0)
+    press(kiosk, 1.0)
     kiosk.handle(Release(), 2.0)
     kiosk.handle(ResponseStarted("r"), 10.0)  # progress restarts the clock
     assert kiosk.handle(Tick(), 29.9) == []
-    assert Notice("no_reply", "no progress") in kiosk.handle(Tick(), 30.0)
+    actions = kiosk.handle(Tick(), 30.0)
+    assert Notice("no_reply", "no progress") in actions and CancelResponse("r") in actions
 
 
 def test_a_reply_that_stops_midway_times_out_once_played() -> None:
@@ -174,17 +193,17 @@ def test_a_reply_that_stops_midway_times_out_once_played() -> None:
 
 def test_response_without_audio_returns_to_idle_and_failure_is_noticed() -> None:
     kiosk = online()
-    kiosk.handle(Press(), 1.0)
+    press(kiosk, 1.0)
     kiosk.handle(Release(), 2.0)
     kiosk.handle(ResponseStarted("resp_1"), 2.1)
-    actions = kiosk.handle(ResponseDone("resp_1", "failed"), 2.2)
-    assert Notice("reply_failed", "failed") in actions
+    actions = kiosk.handle(ResponseDone("resp_1", "failed", "server_error"), 2.2)
+    assert Notice("reply_failed", "failed: server_error") in actions
     assert kiosk.state is State.IDLE
 
 
 def test_offline_turn_is_delivered_when_the_link_returns() -> None:
     kiosk = Kiosk(deliver_within_s=10)
-    kiosk.handle(Press(), 1.0)
+    press(kiosk, 1.0)
     assert kiosk.handle(Release(), 3.0) == [StateChanged(State.LISTENING, State.THINKING)]
     assert kiosk.handle(Tick(), 12.9) == []
     assert kiosk.handle(LinkUp("s"), 12.95) == [CommitTurn()]
@@ -197,7 +216,7 @@ def test_offline_turn_is_delivered_when_the_link_returns() -> None:
 
 def test_offline_turn_is_dropped_visibly_after_deliver_within() -> None:
     kiosk = Kiosk(deliver_within_s=10)
-    kiosk.handle(Press(), 1.0)
+    press(kiosk, 1.0)
     kiosk.handle(Release(), 3.0)
     actions = kiosk.handle(Tick(), 13.0)
     assert actions[0].kind == "turn_dropped"
@@ -207,7 +226,7 @@ def test_offline_turn_is_dropped_visibly_after_deliver_within() -> None:
 
 def test_link_down_while_listening_keeps_recording() -> None:
     kiosk = online()
-    kiosk.handle(Press(), 1.0)
+    press(kiosk, 1.0)
     assert kiosk.handle(LinkDown("close_1006"), 1.5) == []
     assert kiosk.state is State.LISTENING
     assert kiosk.handle(Release(), 3.0) == [StateChanged(State.LISTENING, State.THINKING)]
@@ -216,7 +235,7 @@ def test_link_down_while_listening_keeps_recording() -> None:
 
 def test_link_down_before_the_reply_sends_the_turn_again() -> None:
     kiosk = online()
-    kiosk.handle(Press(), 1.0)
+    press(kiosk, 1.0)
     kiosk.handle(Release(), 3.0)
     kiosk.handle(ResponseStarted("r1"), 3.1)
     assert kiosk.handle(LinkDown("close_1006"), 3.2) == []
@@ -251,7 +270,7 @@ def test_link_down_while_speaking_cuts_the_reply() -> None:
 
 def test_fatal_mid_turn_drops_it_visibly() -> None:
     kiosk = online()
-    kiosk.handle(Press(), 1.0)
+    press(kiosk, 1.0)
     actions = kiosk.handle(LinkFatal("unauthorized", "401"), 1.5)
     assert Notice("turn_dropped", "unauthorized") in actions
     assert kiosk.state is State.ERROR
@@ -260,9 +279,9 @@ def test_fatal_mid_turn_drops_it_visibly() -> None:
 def test_barge_in_on_a_waiting_turn_replaces_it() -> None:
     kiosk = online()
     kiosk.handle(LinkDown("x"), 0.5)
-    kiosk.handle(Press(), 1.0)
+    press(kiosk, 1.0)
     kiosk.handle(Release(), 2.0)
-    actions = kiosk.handle(Press(), 2.5)
+    actions = press(kiosk, 2.5)
     assert actions[0] == Interrupt(response_id=None, item_id=None, cancel=False)
     assert kiosk.state is State.LISTENING
     # The abandoned turn is not dropped later with an error; the new one runs its course.
@@ -279,15 +298,15 @@ def test_fatal_is_error_state_until_link_up() -> None:
     kiosk = online()
     kiosk.handle(LinkFatal("unauthorized", "401"), 1.0)
     assert kiosk.state is State.ERROR
-    assert kiosk.handle(Press(), 2.0) == [Notice("unavailable", "error")]
+    assert press(kiosk, 2.0) == [Notice("unavailable", "error")]
     kiosk.handle(LinkUp(), 3.0)
     assert kiosk.state is State.IDLE
 
 
 def test_double_press_and_stray_release_are_ignored() -> None:
     kiosk = online()
-    kiosk.handle(Press(), 1.0)
-    assert kiosk.handle(Press(), 1.1) == []
+    press(kiosk, 1.0)
+    assert press(kiosk, 1.1) == []
     kiosk.handle(Release(), 2.0)
     assert kiosk.handle(Release(), 2.1) == []
     assert not any(isinstance(a, DiscardTurn) for a in kiosk.handle(Tick(), 2.2))
@@ -298,7 +317,7 @@ def test_hands_free_conversation() -> None:
 
     kiosk = Kiosk(hands_free=True, conversation_idle_s=60)
     kiosk.handle(LinkUp("s"), 0.0)
-    actions = kiosk.handle(Press(), 1.0)
+    actions = press(kiosk, 1.0)
     assert actions[0] == OpenConversation() and OpenMic() in actions
     assert kiosk.handle(Release(), 1.1) == []  # the button does not end turns
     assert kiosk.handle(SpeechStopped(), 4.0) == [
@@ -326,8 +345,81 @@ def test_hands_free_conversation() -> None:
 
 def test_hands_free_press_while_listening_closes_and_needs_the_link() -> None:
     kiosk = Kiosk(hands_free=True)
-    assert kiosk.handle(Press(), 0.5) == [Notice("unavailable", "offline")]
+    assert press(kiosk, 0.5) == [Notice("unavailable", "offline")]
     kiosk.handle(LinkUp("s"), 1.0)
-    kiosk.handle(Press(), 2.0)
-    assert kinds(kiosk.handle(Press(), 3.0)) == ["CloseMic", "CloseConversation", "StateChanged"]
+    press(kiosk, 2.0)
+    assert kinds(press(kiosk, 3.0)) == ["CloseMic", "CloseConversation", "StateChanged"]
     assert kiosk.state is State.IDLE
+
+
+# --- questions are never eaten, silence is never sent ----------------------------------------
+
+
+def test_a_long_hold_is_a_question_not_a_reset() -> None:
+    kiosk = online()
+    press(kiosk, 1.0)
+    for t in range(2, 30):  # 28 s of holding: no gesture fires on the way
+        assert kiosk.handle(Tick(), float(t)) == []
+    assert kinds(kiosk.handle(Release(), 29.5)) == ["CommitTurn", "StateChanged"]
+
+
+def test_max_turn_is_sent_with_a_cue_and_the_late_release_is_ignored() -> None:
+    kiosk = online()
+    press(kiosk, 1.0)
+    actions = kiosk.handle(Tick(), 31.0)
+    assert actions == [
+        Notice("max_turn"),
+        CommitTurn(),
+        StateChanged(State.LISTENING, State.THINKING),
+    ]
+    assert kiosk.handle(Release(), 33.0) == []
+
+
+def test_a_silent_turn_is_not_sent_and_three_raise_mic_suspect_until_speech() -> None:
+    kiosk = Kiosk(mic_suspect_turns=3)
+    kiosk.handle(LinkUp(), 0.0)
+    for n in (1, 2, 3):
+        kiosk.handle(Press(), 10.0 * n)  # no VoiceHeard: nothing above the floor
+        actions = kiosk.handle(Release(), 10.0 * n + 2)
+        assert actions[:2] == [DiscardTurn(), Notice("no_speech", f"{n} in a row")]
+        assert ("mic_suspect" in [a.kind for a in actions if isinstance(a, Notice)]) == (n == 3)
+        assert CommitTurn() not in actions and kiosk.state is State.IDLE
+    kiosk.handle(Press(), 40.0)  # a fourth silent turn does not raise it again
+    assert [a.kind for a in kiosk.handle(Release(), 42.0) if isinstance(a, Notice)] == ["no_speech"]
+    press(kiosk, 50.0)
+    actions = kiosk.handle(Release(), 52.0)
+    assert actions[0] == Notice("mic_ok", "a turn with speech arrived")
+    assert CommitTurn() in actions and kiosk.silent_turns == 0
+
+
+def test_a_silent_hold_to_the_limit_is_not_sent_either() -> None:
+    kiosk = online()
+    kiosk.handle(Press(), 1.0)
+    actions = kiosk.handle(Tick(), 31.0)
+    assert kinds(actions) == ["DiscardTurn", "Notice", "StateChanged"]
+    assert actions[1].kind == "no_speech"
+
+
+def test_voice_heard_outside_a_turn_changes_nothing() -> None:
+    kiosk = online()
+    assert kiosk.handle(VoiceHeard(), 1.0) == []
+    kiosk.handle(Press(), 2.0)
+    assert kinds(kiosk.handle(Release(), 4.0))[0] == "DiscardTurn"
+
+
+def test_hands_free_talking_longer_than_the_idle_close_keeps_the_conversation() -> None:
+    kiosk = Kiosk(hands_free=True, conversation_idle_s=5)
+    kiosk.handle(LinkUp(), 0.0)
+    kiosk.handle(Press(), 1.0)
+    kiosk.handle(Release(), 1.1)  # a tap opens the conversation
+    kiosk.handle(SpeechStarted(), 2.0)
+    assert kiosk.handle(Tick(), 9.0) == []  # still talking, 7 s in
+    assert kinds(kiosk.handle(SpeechStopped(), 10.0)) == ["CloseMic", "StateChanged"]
+    assert kiosk.conversation and kiosk.state is State.THINKING
+
+
+def test_reset_is_a_new_visitor_from_any_state() -> None:
+    kiosk = speaking(online())
+    actions = kiosk.handle(Reset("reset_button"), 5.0)
+    assert kinds(actions) == ["Interrupt", "Notice", "StateChanged"]
+    assert actions[1] == Notice("new_visitor", "reset_button")

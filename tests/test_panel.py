@@ -24,6 +24,7 @@ from kioskvoice.sim import Faults, Simulator
 from realtime_schema import assert_client_event
 
 pytestmark = pytest.mark.timeout(90)
+RESET_PIN = 5
 
 
 @pytest.fixture
@@ -208,24 +209,31 @@ async def test_idle_reset_forgets_the_previous_visitor(sim, speech_wav, tmp_path
     assert sim.sessions[0].closed
 
 
-async def test_long_press_is_a_new_visitor_at_once(sim, speech_wav, tmp_path, factory) -> None:
-    settings = with_interaction(
-        kiosk_settings(sim.url, speech_wav, tmp_path, api_key=TEST_KEY), long_press_s=1.5
-    )
-    app = App(settings, pin_factory=factory)
+async def test_a_long_hold_is_a_question_and_the_reset_button_a_new_visitor(
+    sim, speech_wav, tmp_path, factory
+) -> None:
+    settings = kiosk_settings(sim.url, speech_wav, tmp_path, api_key=TEST_KEY)
+    gpio = GpioSettings(button_pin=BUTTON_PIN, reset_button_pin=RESET_PIN)
+    app = App(settings.model_copy(update={"gpio": gpio}), pin_factory=factory)
     async with Running(app) as k:
         pin = factory.pin(BUTTON_PIN)
-        await k.turn(pin, hold_s=0.8)
-        pin.drive_low()
-        await asyncio.sleep(2.0)  # held past long_press_s
+        await k.turn(pin, hold_s=6.5)  # longer than the old 5 s "new visitor" press
+        old = sim.sessions[0]
+        assert len(sim.sessions) == 1
+        assert turns_on_the_wire(old) == [
+            ["append*", "input_audio_buffer.commit", "response.create"]
+        ]
+        assert appended_seconds(old, 0) >= 6.4
+        reset = factory.pin(RESET_PIN)
+        reset.drive_low()
+        reset.drive_high()
+        reset.drive_low()  # chatter, or an impatient second press: one new visitor
+        reset.drive_high()
         await k.until(lambda: len(sim.sessions) == 2 and app.status()["link"] == "connected")
-        pin.drive_high()
-        await asyncio.sleep(0.3)
-        assert app.kiosk.state is State.IDLE
         await k.turn(pin, hold_s=0.8)
+        await asyncio.sleep(1.2)
+        assert len(sim.sessions) == 2
     old, fresh = sim.sessions
-    assert turns_on_the_wire(old)[-1][-1] == "response.create"
-    assert "input_audio_buffer.commit" not in [e["type"] for e in old.received][-3:]
     assert not any(e["type"] == "conversation.item.create" for e in fresh.received)
     assert [i["role"] for i in fresh.items if i.get("type") == "message"] == ["user", "assistant"]
 

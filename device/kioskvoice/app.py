@@ -1,14 +1,14 @@
 """Wires the kiosk together under one ``asyncio.TaskGroup``.
 
-Data flow: capture thread → :class:`CaptureChain` → :class:`FrameQueue` → (mic open?) →
-``input_audio_buffer.append``. Server events → :class:`Kiosk` → actions carried out here.
-Buttons post events through ``call_soon_threadsafe``; LEDs and logs listen to state changes.
+Data flow: capture thread → :class:`CaptureChain` (frame and its level) → :class:`FrameQueue`
+→ :class:`TurnAudio` → ``input_audio_buffer.append``. Server events → :class:`Kiosk` → actions
+carried out here; notices become sounds, looks and records in :class:`Feedback`. Buttons post
+events through ``call_soon_threadsafe``; LEDs and logs listen to state changes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import itertools
 import logging
@@ -18,13 +18,13 @@ from typing import Any
 
 import httpx
 
-from .audio.earcons import Earcons
 from .audio.player import Player
 from .audio.streams import FrameQueue, ResilientAudio
 from .config import Settings
 from .dsp.chain import CaptureChain, DspOptions
 from .events import (
     Action,
+    CancelResponse,
     CloseConversation,
     CloseMic,
     CommitTurn,
@@ -47,20 +47,29 @@ from .events import (
     Tick,
     ToolsDone,
 )
+from .feedback import Feedback
 from .kiosk import Kiosk
-from .panel import Look, Panel
+from .panel import Panel
 from .realtime.credentials import credentials_from
-from .realtime.protocol import Ignored, Malformed, Protocol, Transcript
+from .realtime.protocol import (
+    Committed,
+    Ignored,
+    Malformed,
+    Protocol,
+    Transcript,
+    TranscriptFailed,
+)
 from .realtime.supervisor import Supervisor
 from .system.control import ControlServer
 from .system.logging import REDACTOR, log_event
 from .system.notify import Notifier
 from .tools import END_CONVERSATION, ToolRunner, declarations
+from .transcripts import TranscriptOrder
+from .turn_audio import TurnAudio
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.05
-RESEND_CHUNK_BYTES = 24000  # 0.5 s of 24 kHz PCM16 per append when a turn is sent again
 COUNTERS_S = 60.0  # overflow counters are checked this often, never logged per frame
 STATS_EVERY = 10  # a stats record every STATS_EVERY * COUNTERS_S, even when all is well
 # Audio making no progress this long (no capture block, and no recovery attempt either) means
@@ -85,14 +94,15 @@ class App:
         self.kiosk = Kiosk(
             min_turn_s=settings.interaction.min_turn_ms / 1000,
             max_turn_s=settings.audio.max_turn_s,
+            reply_timeout_s=settings.interaction.reply_timeout_s,
             deliver_within_s=settings.realtime.deliver_within_s,
             hands_free=settings.interaction.mode == "hands_free",
             conversation_idle_s=settings.interaction.idle_reset_s,
+            mic_suspect_turns=settings.interaction.mic_suspect_turns,
         )
         self.on_state: list[Callable[[State], None]] = []
         self.on_transcript: list[Callable[[str, str], None]] = []
         self.ready = asyncio.Event()
-        self.mic_open = False
         self.turns = 0
         self._pin_factory = pin_factory
         self.notifier = Notifier()
@@ -103,18 +113,10 @@ class App:
         self._frames: FrameQueue | None = None
         self._released_at: float | None = None
         self._turn_started_at = 0.0
-        # The current turn's audio, kept until the reply starts, so a turn can be sent again
-        # on a new session if the link fails before it is answered.
-        self._turn_audio = bytearray()
-        self._turn_session: str | None = None
-        self._turn_gap = False
+        self._turn: TurnAudio | None = None
         self._dropped_appends = 0
-        self._earcons = Earcons(settings.interaction)
-        self._earcon_seq = itertools.count()
-        # The last preroll_ms of audio, kept while the mic is closed, opens the next turn.
-        frames = max(0, settings.interaction.preroll_ms // settings.audio.frame_ms)
-        self._preroll: collections.deque[bytes] = collections.deque(maxlen=frames)
-        self._long_press: asyncio.TimerHandle | None = None
+        self.feedback = Feedback(settings.interaction)
+        self._transcripts = TranscriptOrder(self._transcript)
         self._panel: Panel | None = None
         self._tools: ToolRunner | None = None
         self._http: Any = None
@@ -148,11 +150,22 @@ class App:
             tools=declarations(settings.tools),
         )
         REDACTOR.add(self._supervisor.credentials.values())
+        self._turn = TurnAudio(
+            self._supervisor,
+            self.post,
+            preroll_frames=max(0, settings.interaction.preroll_ms // settings.audio.frame_ms),
+            floor_dbfs=settings.audio.silence_floor_dbfs,
+        )
         self._tools = ToolRunner(settings.tools, transcripts=settings.logging.transcripts)
         REDACTOR.add(self._tools.secrets())
         self._http = httpx.AsyncClient()
-        self._earcons.load()
+        self.feedback.load()
         self._last_press = loop.time()
+        if settings.interaction.long_press_s is not None:
+            log.warning(
+                "interaction.long_press_s is ignored: a long press is a long question; "
+                "use gpio.reset_button_pin or 'kioskvoice ctl reset' for a new visitor"
+            )
 
         a = settings.audio
         audio = ResilientAudio(
@@ -169,7 +182,9 @@ class App:
         chain: CaptureChain | None = None
         try:
             audio.open()
-            self._player = Player(audio.output_rate, audio.output_block_samples)
+            self._player = self.feedback.player = Player(
+                audio.output_rate, audio.output_block_samples
+            )
             chain = CaptureChain(
                 rate=a.sample_rate,
                 channels=a.input_channels,
@@ -184,13 +199,15 @@ class App:
             self._frames = frames = FrameQueue(loop)
             await control.start()
             panel.open(loop)
-            self._panel = panel
+            self._panel = self.feedback.panel = panel
             self.on_state.append(panel.show)
             panel.show(self.kiosk.state)
-            process = chain.process
-            audio.start(
-                lambda block: frames.push_threadsafe(process(block)), self._player, chain.far_end
-            )
+            process, level = chain.process, chain.level
+
+            def captured(block: bytes) -> None:  # the capture thread
+                frames.push_threadsafe((process(block), level(block)))
+
+            audio.start(captured, self._player, chain.far_end)
             log_event(log, logging.INFO, "config_loaded", "kiosk started")
             self.ready.set()
             # READY once config is loaded and devices are open; the link may still be
@@ -221,6 +238,7 @@ class App:
             await control.close()
             for task in list(self._tool_tasks):
                 task.cancel()
+            await self.feedback.close()
             await self._http.aclose()
             log_event(log, logging.INFO, "stopped", "kiosk stopped")
 
@@ -286,6 +304,7 @@ class App:
         while True:
             await asyncio.sleep(TICK_S)
             self.post(Tick(playback_idle=self._player.idle))
+            self._transcripts.tick(self._loop.time())
             if (
                 self._conversation_dirty
                 and not self.kiosk.busy
@@ -295,41 +314,10 @@ class App:
                 self.post(Reset("idle"))
 
     async def _pump(self, frames: FrameQueue) -> None:
+        assert self._turn is not None
         while True:
-            frame = await frames.get()
-            if self.mic_open:
-                self._stream(frame)
-            else:
-                self._preroll.append(frame)
-
-    def _stream(self, frame: bytes) -> None:
-        """One frame of the current turn: kept for a resend, sent live when possible."""
-        sup = self._supervisor
-        assert sup is not None
-        if not self.kiosk.conversation:  # hands-free turns are the server's to commit
-            self._turn_audio += frame
-        session = sup.link.session_id if sup.link else None
-        if self._turn_session is None and not self._turn_gap:
-            self._turn_session = session
-        if session != self._turn_session or not sup.send(Protocol.append, frame, droppable=True):
-            self._turn_gap = True
-
-    def _deliver_turn(self) -> None:
-        """Commit the turn; first send its audio again if the live stream missed any of it
-        or went to another session."""
-        sup = self._supervisor
-        assert sup is not None
-        session = sup.link.session_id if sup.link else None
-        if self._turn_gap or session != self._turn_session:
-            self._send(Protocol.clear)
-            for start in range(0, len(self._turn_audio), RESEND_CHUNK_BYTES):
-                self._send(
-                    Protocol.append, bytes(self._turn_audio[start : start + RESEND_CHUNK_BYTES])
-                )
-            log.info("sent the turn's %.1f s of audio again", len(self._turn_audio) / 48000)
-            self._turn_session, self._turn_gap = session, False
-        self._send(Protocol.commit)
-        self._send(Protocol.response_create)
+            pcm, level = await frames.get()
+            self._turn.frame(pcm, level)
 
     # --- events ------------------------------------------------------------------------------
 
@@ -382,14 +370,30 @@ class App:
                 self._do(action, fresh)
             if isinstance(event, Press):
                 self._on_press()
+            elif isinstance(event, DeviceLost) and self._player is not None:
+                # Nobody can hear it now, and it must not play when the device returns.
+                self._player.flush()
         elif isinstance(event, Transcript):
-            self._transcript(event)
+            assert self._loop is not None
+            self._transcripts.add(event, self._loop.time())
+        elif isinstance(event, Committed):
+            if self.settings.realtime.transcribe_input:
+                assert self._loop is not None
+                self._transcripts.committed(event.item_id, self._loop.time())
+        elif isinstance(event, TranscriptFailed):
+            self._transcripts.failed(event.item_id)
         elif isinstance(event, Malformed):
             log.warning("skipped a malformed server event: %s", event.reason)
         elif isinstance(event, Ignored):
             log.debug("ignored server event %s", event.type)
 
+    @property
+    def mic_open(self) -> bool:
+        """Captured audio is going to the model (or kept for it)."""
+        return self._turn is not None and self._turn.mic_open
+
     def _transcript(self, event: Transcript) -> None:
+        """One transcript, released in conversation order (see :mod:`.transcripts`)."""
         if self.settings.logging.transcripts:
             log_event(
                 log,
@@ -397,6 +401,8 @@ class App:
                 "transcript",
                 f"{event.role}: {event.text}",
                 role=event.role,
+                item_id=event.item_id,
+                response_id=event.response_id or None,
                 transcript=event.text,
             )
         for callback in self.on_transcript:
@@ -407,48 +413,39 @@ class App:
         return self._supervisor.send(build, *args)
 
     def _do(self, action: Action, fresh: bool = False) -> None:
-        assert self._player is not None and self._loop is not None
+        assert self._player is not None and self._loop is not None and self._turn is not None
         now = self._loop.time()
+        turn = self._turn
         match action:
             case OpenMic():
-                self.mic_open = True
                 self.turns += 1
                 self._conversation_dirty = True
-                self._turn_audio.clear()
-                self._turn_session, self._turn_gap = None, False
                 self._turn_started_at = now
                 log_event(log, logging.INFO, "turn_start", "listening", turn=self.turns)
                 if fresh:
-                    self._earcon("listening")
-                while self._preroll:  # the first syllable, said just before the press
-                    self._stream(self._preroll.popleft())
+                    self.feedback.play("listening")
+                turn.open(streaming=self.kiosk.conversation)
             case CommitTurn():
-                if self.mic_open:
-                    self.mic_open = False
-                    log_event(
-                        log,
-                        logging.INFO,
-                        "turn_end",
-                        f"turn ended: {len(self._turn_audio) / 48000:.2f} s of audio",
-                        turn=self.turns,
-                        audio_ms=len(self._turn_audio) // 48,
-                    )
-                self._deliver_turn()
+                if turn.mic_open:
+                    turn.close()
+                    self._log_turn_end(f"turn ended: {turn.seconds:.2f} s of audio")
+                turn.deliver()
                 self._released_at = now
             case CloseMic():
-                self.mic_open = False
+                turn.close()
             case OpenConversation():
                 self._send(Protocol.turn_detection, self.settings.interaction.vad)
             case CloseConversation():
                 self._send(Protocol.turn_detection, None)
                 self._send(Protocol.clear)
             case DiscardTurn():
-                self.mic_open = False
-                self._turn_audio.clear()
-                self._send(Protocol.clear)
-                self._cancel_long_press()
+                turn.discard()
+            case CancelResponse(response_id=response_id):
+                self._send(Protocol.cancel, response_id)
             case PlayAudio(item_id=item_id, pcm=pcm):
-                self._turn_audio.clear()  # answered: nothing left to send again
+                turn.forget()  # answered: nothing left to send again
+                if self.feedback.stop_thinking():
+                    self._player.flush()  # the answer, not the rest of a chime
                 if self._released_at is not None:
                     latency_ms = int((now - self._released_at) * 1000)
                     self._released_at = None
@@ -463,6 +460,7 @@ class App:
                 self._player.feed(item_id, pcm)
             case Interrupt(response_id=response_id, item_id=item_id, cancel=cancel):
                 self._tool_generation += 1
+                self.feedback.stop_thinking()
                 self._player.flush()
                 if cancel:
                     self._send(Protocol.cancel, response_id)
@@ -475,52 +473,69 @@ class App:
                 task = asyncio.create_task(self._run_tools(calls, self._tool_generation))
                 self._tool_tasks.add(task)
                 task.add_done_callback(self._tool_tasks.discard)
+                self.feedback.start_thinking()
             case Notice(kind=kind, detail=detail):
-                if kind == "turn_dropped":
-                    self._turn_audio.clear()
-                    self._earcon("error")
-                elif kind == "too_short":
-                    self._earcon("too_short")
-                    if self._panel is not None:
-                        self._panel.show(Look.TOO_SHORT)
-                elif kind == "unavailable":
-                    self._earcon("error")
-                elif kind == "new_visitor":
-                    self._tool_generation += 1
-                    self._end_after_reply = False
-                    self._turn_audio.clear()
-                    self._conversation_dirty = False
-                    assert self._supervisor is not None
-                    self._supervisor.reset()
-                level = logging.INFO if kind in ("too_short", "max_turn") else logging.WARNING
-                event = "turn_dropped" if kind == "turn_dropped" else kind
-                log_event(log, level, event, f"{kind} {detail}".strip(), turn=self.turns)
+                self._notice(kind, detail)
             case StateChanged(old=old, new=new):
-                if old is State.LISTENING:
-                    self._cancel_long_press()
+                if new not in (State.THINKING, State.SPEAKING):
+                    self.feedback.stop_thinking()  # (the answer's first audio stops it too)
                 if new in (State.OFFLINE, State.ERROR):
                     self._tool_generation += 1  # that session's calls cannot be answered
                 if new is State.IDLE and self._end_after_reply:
                     self._end_after_reply = False
                     self._loop.call_soon(self.post, Reset("end_conversation"))
-                if old is State.LISTENING and new is State.THINKING and self.mic_open:
+                if old is State.LISTENING and new is State.THINKING and turn.mic_open:
                     # Released while the link is down: the turn waits for delivery.
-                    self.mic_open = False
-                    self._earcon("offline")
-                    log_event(
-                        log,
-                        logging.INFO,
-                        "turn_end",
-                        "turn ended while the link is down; waiting to deliver it",
-                        turn=self.turns,
-                        audio_ms=len(self._turn_audio) // 48,
-                    )
+                    turn.close()
+                    self.feedback.play("offline")
+                    self._log_turn_end("turn ended while the link is down; waiting to deliver it")
                 if old is State.SPEAKING and new is State.IDLE:
                     log_event(log, logging.INFO, "reply_end", "reply finished", turn=self.turns)
                 log.debug("state %s -> %s", old, new)
                 self.notifier.status(self._status_line())
                 for callback in self.on_state:
                     callback(new)
+
+    def _notice(self, kind: str, detail: str) -> None:
+        assert self._turn is not None
+        turn = self._turn
+        if kind == "turn_dropped":
+            turn.forget()
+        elif kind == "new_visitor":
+            self._transcripts.forget()
+            self._tool_generation += 1
+            self._end_after_reply = False
+            turn.forget()
+            self._conversation_dirty = False
+            self.feedback.stop_thinking()
+            assert self._supervisor is not None
+            self._supervisor.reset()
+        elif kind == "no_speech":
+            detail = f"{detail}; loudest {turn.meter.peak_dbfs:.0f} dBFS".lstrip("; ")
+        self.feedback.notice(kind, detail, self.turns)
+
+    def _log_turn_end(self, message: str) -> None:
+        assert self._turn is not None
+        meter = self._turn.meter
+        log_event(
+            log,
+            logging.INFO,
+            "turn_end",
+            message,
+            turn=self.turns,
+            audio_ms=int(self._turn.seconds * 1000),
+            peak_dbfs=round(meter.peak_dbfs, 1),
+        )
+        if meter.clipping:
+            log_event(
+                log,
+                logging.WARNING,
+                "mic_clipping",
+                f"the microphone clipped: {100 * meter.clipped_fraction:.1f} % of the turn's "
+                "samples at full scale; lower the capture gain",
+                turn=self.turns,
+                clipped_permille=round(1000 * meter.clipped_fraction),
+            )
 
     # --- control socket ----------------------------------------------------------------------
 
@@ -538,6 +553,8 @@ class App:
             "last_error": sup.last_error if sup else None,
             "turns": self.turns,
             "dropped_frames": self._frames.dropped if self._frames else 0,
+            "look": self._panel.shown.value if self._panel else None,
+            "silent_turns": self.kiosk.silent_turns,
         }
 
     async def _run_tools(self, calls: tuple[FunctionCall, ...], generation: int) -> None:
@@ -572,31 +589,15 @@ class App:
             if generation == self._tool_generation:
                 self.post(ToolsDone())
 
-    def _earcon(self, name: str) -> None:
-        """Play a local sound through the player (the echo canceller's far end)."""
-        pcm = self._earcons.get(name)
-        if pcm is not None and self._player is not None:
-            item = f"earcon-{name}-{next(self._earcon_seq)}"
-            self._player.feed(item, pcm)
-            self._player.finish()
-
     def _on_press(self) -> None:
         assert self._loop is not None
         self._last_press = self._loop.time()
-        self._cancel_long_press()
-        if self.kiosk.state is State.LISTENING:
-            self._long_press = self._loop.call_later(
-                self.settings.interaction.long_press_s, self.post, Reset("long_press")
-            )
-
-    def _cancel_long_press(self) -> None:
-        if self._long_press is not None:
-            self._long_press.cancel()
-            self._long_press = None
 
     def _control(self, cmd: str) -> dict[str, Any]:
         if cmd == "press":
             self.post(Press("ctl"))
         elif cmd == "release":
             self.post(Release("ctl"))
+        elif cmd == "reset":
+            self.post(Reset("ctl"))
         return self.status()

@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ctl", help="talk to a running daemon over its control socket")
     _config_arg(p)
     p.add_argument("--socket", type=Path, default=None, help="control socket path")
-    p.add_argument("cmd", choices=["status", "press", "release"])
+    p.add_argument("cmd", choices=["status", "press", "release", "reset"])
     p = sub.add_parser("simulate", help="run the embedded Realtime simulator on loopback")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--api-key", default=None, help="accept only this key (default: any)")

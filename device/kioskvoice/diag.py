@@ -106,6 +106,7 @@ class Summary:
     starts: list[tuple[str, int]] = field(default_factory=list)
     stopped: set[tuple[str, int]] = field(default_factory=set)
     dropped_frames: dict[tuple[str, int], int] = field(default_factory=dict)
+    mic_suspect: bool = False  # the newest mic_suspect has no mic_ok (or restart) after it
 
     def add(self, record: Record) -> None:
         self.records += 1
@@ -115,6 +116,9 @@ class Summary:
         match record.event:
             case "config_loaded":
                 self.starts.append(process)
+                self.mic_suspect = False  # a new process counts silent turns afresh
+            case "mic_suspect" | "mic_ok":
+                self.mic_suspect = record.event == "mic_suspect"
             case "stopped":
                 self.stopped.add(process)
             case "disconnect":
@@ -164,6 +168,12 @@ class Summary:
                 "replies_cut": e["reply_cut"],
                 "replies_failed": e["reply_failed"],
                 "presses_while_unavailable": e["unavailable"],
+                "silent": e["no_speech"],
+            },
+            "mic": {
+                "suspect": self.mic_suspect,
+                "suspect_records": e["mic_suspect"],
+                "clipping_turns": e["mic_clipping"],
             },
             "latency_ms": latency,
             "errors": {
@@ -390,7 +400,12 @@ def render_text(report: Mapping[str, Any]) -> str:
     if lat["count"]:
         latency = ", ".join(f"p{p} {lat[f'p{p}']} ms" for p in PERCENTILES)
         latency += f", max {lat['max']} ms (of {lat['count']})"
-    d = report["devices"]
+    d, mic = report["devices"], report["mic"]
+    health = (
+        "SUSPECT: silent turns in a row (muted, dead or unplugged? run kioskvoice selftest)"
+        if mic["suspect"]
+        else "ok"
+    )
     lines = [
         f"kioskvoice diag: {report['records']} records since "
         f"{report['since'] or 'the start of the journal'}",
@@ -401,11 +416,14 @@ def render_text(report: Mapping[str, Any]) -> str:
         f"{report['rollover_failures']} failed)",
         f"reconnects:     {r['total']} (disconnect causes: {_counts(r['by_cause'])})",
         f"turns:          {t['started']} started, {t['committed']} sent, {t['replies']} replies, "
-        f"{t['barge_ins']} barge-ins, {t['dropped']} dropped, {t['too_short']} too short",
+        f"{t['barge_ins']} barge-ins, {t['dropped']} dropped, {t['too_short']} too short, "
+        f"{t['silent']} silent (not sent)",
         f"failed replies: {t['no_reply']} never came, {t['replies_cut']} cut off, "
         f"{t['replies_failed']} failed; {t['presses_while_unavailable']} presses while "
         "unavailable",
         f"reply latency:  {latency}",
+        f"mic:            {health}; {mic['suspect_records']} suspect records, "
+        f"{mic['clipping_turns']} clipping turns",
         f"errors:         {_counts(report['errors']['by_code'])}",
         f"devices:        {d['lost']} lost, {d['back']} back, {d['capture_stalls']} capture "
         f"stalls, {d['dropped_frames']} frames dropped",

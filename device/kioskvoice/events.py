@@ -93,10 +93,13 @@ class ReplyAudio:
 
 @dataclass(frozen=True, slots=True)
 class ResponseDone:
-    """``response.done`` with its final status (completed, cancelled, failed, incomplete)."""
+    """``response.done`` with its final status (completed, cancelled, failed, incomplete)
+    and, when it did not complete, why (``status_details.error.code`` or
+    ``status_details.reason``; empty when the server gave none)."""
 
     response_id: str
     status: str
+    code: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,9 +138,16 @@ class ToolsDone:
 
 @dataclass(frozen=True, slots=True)
 class Reset:
-    """New visitor (a long press, the idle timeout): forget the conversation."""
+    """New visitor (the reset button, ``ctl reset``, the idle timeout, the model's
+    ``end_conversation``): forget the conversation."""
 
     reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceHeard:
+    """The open turn's audio holds speech (or at least sound above the silence floor): the
+    turn is worth sending."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +176,7 @@ Event = (
     | DeviceLost
     | DeviceBack
     | Reset
+    | VoiceHeard
     | SpeechStarted
     | SpeechStopped
     | FunctionCall
@@ -207,6 +218,14 @@ class DiscardTurn:
 
 
 @dataclass(frozen=True, slots=True)
+class CancelResponse:
+    """Cancel a response that started after its turn was given up (``response.cancel``);
+    nothing else changes: the visitor may already be on the next turn."""
+
+    response_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class PlayAudio:
     """Queue reply audio on the speaker."""
 
@@ -228,8 +247,8 @@ class Interrupt:
 @dataclass(frozen=True, slots=True)
 class Notice:
     """Something the visitor or operator should learn: ``too_short``, ``max_turn``,
-    ``unavailable``, ``turn_dropped``, ``no_reply``, ``reply_cut``, ``reply_failed``,
-    ``new_visitor``."""
+    ``no_speech``, ``mic_suspect``, ``mic_ok``, ``unavailable``, ``turn_dropped``,
+    ``no_reply``, ``reply_cut``, ``reply_failed``, ``new_visitor``."""
 
     kind: str
     detail: str = ""
@@ -257,6 +276,7 @@ Action = (
     | CloseConversation
     | CommitTurn
     | DiscardTurn
+    | CancelResponse
     | PlayAudio
     | Interrupt
     | Notice

@@ -15,6 +15,13 @@ before the reply starts, waits in THINKING and is committed when the link return
 ``deliver_within_s``; otherwise it is dropped with a ``turn_dropped`` notice and the ERROR
 state until the link is back.
 
+Every committed turn ends audibly: in an answer, or in a ``Notice`` the app turns into a
+spoken apology (``reply_failed``, ``no_reply``, ``reply_cut``) or error message
+(``turn_dropped``). A push-to-talk turn in which no ``VoiceHeard`` arrived is not sent at all
+(``no_speech``); ``mic_suspect_turns`` of them in a row raise ``mic_suspect`` until a turn with
+speech arrives (``mic_ok``). No gesture on the push-to-talk button resets the conversation:
+a hold of any length up to ``max_turn_s`` is a question.
+
 Hands-free (``hands_free=True``): a press opens a conversation in which the server's VAD
 decides the turns. The kiosk listens (streaming), thinks once the server heard the visitor
 stop, speaks, and listens again; the mic is closed while it thinks and speaks, so it cannot
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 from .events import (
     Action,
+    CancelResponse,
     CloseConversation,
     CloseMic,
     CommitTurn,
@@ -56,6 +64,7 @@ from .events import (
     StateChanged,
     Tick,
     ToolsDone,
+    VoiceHeard,
 )
 
 # Error codes that mean "the turn we just committed will get no reply".
@@ -66,9 +75,12 @@ class Kiosk:
     """Push-to-talk turn logic.
 
     ``min_turn_s``: a shorter press is a tap and sends nothing. ``max_turn_s``: a longer hold
-    ends the turn by itself (checked on ``Tick``). ``reply_timeout_s``: a committed turn with no
-    response in that time returns to idle with a ``no_reply`` notice, so the kiosk never hangs
-    in THINKING.
+    ends the turn by itself (checked on ``Tick``): it is sent and answered, with a
+    ``max_turn`` notice. ``reply_timeout_s``: a committed turn with no response in that time
+    (or a response making no progress that long) returns to idle with a ``no_reply`` (or
+    ``reply_cut``) notice, so the kiosk never hangs in THINKING; a response that starts after
+    that is cancelled. ``mic_suspect_turns``: silent push-to-talk turns in a row before
+    ``mic_suspect``.
     """
 
     def __init__(
@@ -76,12 +88,18 @@ class Kiosk:
         *,
         min_turn_s: float = 0.25,
         max_turn_s: float = 30.0,
-        reply_timeout_s: float = 20.0,
+        reply_timeout_s: float = 8.0,
         deliver_within_s: float = 10.0,
         hands_free: bool = False,
         conversation_idle_s: float = 120.0,
+        mic_suspect_turns: int = 3,
     ) -> None:
         self.min_turn_s = min_turn_s
+        self.mic_suspect_turns = mic_suspect_turns
+        self.silent_turns = 0  # push-to-talk turns in a row with no speech in them
+        self._turn_heard = False
+        self._abandoned = False  # gave up on a committed turn: cancel its late response
+        self._visitor_speaking = False  # hands-free: between the server's speech edges
         self.max_turn_s = max_turn_s
         self.reply_timeout_s = reply_timeout_s
         self.deliver_within_s = deliver_within_s
@@ -116,6 +134,7 @@ class Kiosk:
             DeviceLost: self._on_device_lost,
             DeviceBack: self._on_device_back,
             Reset: self._on_reset,
+            VoiceHeard: self._on_voice_heard,
             SpeechStarted: self._on_speech_started,
             SpeechStopped: self._on_speech_stopped,
             FunctionCall: self._on_function_call,
@@ -164,6 +183,7 @@ class Kiosk:
 
     def _start_listening(self, now: float) -> list[Action]:
         self._pressed_at = self._heard_at = now
+        self._turn_heard = False
         return [*self._go(State.LISTENING), OpenMic()]
 
     def _after_reply(self, now: float) -> list[Action]:
@@ -180,18 +200,32 @@ class Kiosk:
         self.conversation = False
         return [CloseMic(), CloseConversation()]
 
-    def _end_turn(self, now: float) -> list[Action]:
+    def _end_turn(self, now: float, *, at_limit: bool = False) -> list[Action]:
+        idle = State.IDLE if self.link_up else State.OFFLINE
         if now - self._pressed_at < self.min_turn_s:
-            idle = State.IDLE if self.link_up else State.OFFLINE
             return [DiscardTurn(), Notice("too_short"), *self._go(idle)]
+        if not self._turn_heard:
+            return [DiscardTurn(), *self._silent_turn(), *self._go(idle)]
+        actions: list[Action] = [Notice("max_turn")] if at_limit else []
+        if self.silent_turns >= self.mic_suspect_turns:
+            actions.append(Notice("mic_ok", "a turn with speech arrived"))
+        self.silent_turns = 0
         self._forget_response()
         if not self.link_up:
             self._deliver_by = now + self.deliver_within_s
-            return self._go(State.THINKING)
-        return [*self._commit(now), *self._go(State.THINKING)]
+            return [*actions, *self._go(State.THINKING)]
+        return [*actions, *self._commit(now), *self._go(State.THINKING)]
+
+    def _silent_turn(self) -> list[Action]:
+        self.silent_turns += 1
+        actions: list[Action] = [Notice("no_speech", f"{self.silent_turns} in a row")]
+        if self.silent_turns == self.mic_suspect_turns:
+            actions.append(Notice("mic_suspect", f"{self.silent_turns} silent turns in a row"))
+        return actions
 
     def _commit(self, now: float) -> list[Action]:
         self._deliver_by = None
+        self._abandoned = False
         self._awaiting_response = True
         self._progress_at = now
         return [CommitTurn()]
@@ -227,11 +261,12 @@ class Kiosk:
 
     def _on_tick(self, event: Tick, now: float) -> list[Action]:
         if self.conversation and self.state is State.LISTENING:
-            if now - self._heard_at >= self.conversation_idle_s:
+            quiet = not self._visitor_speaking and now - self._heard_at >= self.conversation_idle_s
+            if quiet:
                 return [*self._close_conversation(), *self._go(State.IDLE)]
             return []
         if self.state is State.LISTENING and now - self._pressed_at >= self.max_turn_s:
-            return [Notice("max_turn"), *self._end_turn(now)]
+            return self._end_turn(now, at_limit=True)
         if self._deliver_by is not None and now >= self._deliver_by:
             self._forget_response()
             waited = f"link down for {self.deliver_within_s:g} s after the turn"
@@ -248,8 +283,13 @@ class Kiosk:
         ):
             # The response stopped making progress (no event for reply_timeout_s): never
             # hang in thinking or speaking.
-            kind = "no_reply" if self.state is State.THINKING else "reply_cut"
-            return [Notice(kind, "no progress"), *self._after_reply(now)]
+            started = self._response_id is not None
+            kind = "reply_cut" if started and self.state is State.SPEAKING else "no_reply"
+            detail = "no progress" if started else "the reply did not start"
+            # Whatever the server still sends for this turn is cancelled, not played.
+            late = [CancelResponse(self._response_id)] if started and self.link_up else []
+            self._abandoned = not started
+            return [Notice(kind, detail), *late, *self._after_reply(now)]
         return []
 
     def _on_link_up(self, event: LinkUp, now: float) -> list[Action]:
@@ -303,6 +343,12 @@ class Kiosk:
             self._awaiting_response = False
             self._response_id = event.response_id
             self._progress_at = now
+            return []
+        if self._abandoned and not self._awaiting_response:
+            # The reply to a turn the visitor was already told had failed: stop it, so it
+            # neither speaks up late nor blocks the next turn's response.
+            self._abandoned = False
+            return [CancelResponse(event.response_id)]
         return []
 
     def _on_reply_audio(self, event: ReplyAudio, now: float) -> list[Action]:
@@ -316,7 +362,12 @@ class Kiosk:
 
     def _on_response_done(self, event: ResponseDone, now: float) -> list[Action]:
         if event.response_id != self._response_id:
-            return []
+            if not (self._awaiting_response and event.status in ("failed", "incomplete")):
+                return []
+            # A response that failed before its response.created reached us is still the
+            # answer to the turn we wait for: the visitor must hear that it failed.
+            self._awaiting_response = False
+            self._response_id = event.response_id
         self._response_done = True
         calls, self._calls = self._calls, []
         actions: list[Action] = []
@@ -325,7 +376,8 @@ class Kiosk:
             self._tools_running = True
             return [RunTools(tuple(calls))]
         if event.status not in ("completed", "cancelled"):
-            actions.append(Notice("reply_failed", event.status))
+            detail = f"{event.status}: {event.code}" if event.code else event.status
+            actions.append(Notice("reply_failed", detail))
         if self.state is State.THINKING:
             actions += self._after_reply(now)
         return actions
@@ -378,11 +430,18 @@ class Kiosk:
             actions += self._go(State.IDLE if self.link_up else State.OFFLINE)
         return actions
 
+    def _on_voice_heard(self, event: VoiceHeard, now: float) -> list[Action]:
+        if self.state is State.LISTENING:
+            self._turn_heard = True
+        return []
+
     def _on_speech_started(self, event: SpeechStarted, now: float) -> list[Action]:
         self._heard_at = now
+        self._visitor_speaking = True
         return []
 
     def _on_speech_stopped(self, event: SpeechStopped, now: float) -> list[Action]:
+        self._visitor_speaking = False
         if not (self.conversation and self.state is State.LISTENING):
             return []
         # The server commits and answers by itself; stop streaming so the kiosk's own reply

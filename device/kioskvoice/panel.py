@@ -1,9 +1,9 @@
 """The kiosk's buttons and LEDs (gpiozero).
 
-The button posts :class:`Press`/:class:`Release` events after our own debouncing; the LEDs only
-listen to what the kiosk shows (:class:`Look`). The pin factory is passed in (tests use
-gpiozero's ``MockFactory``); library code never touches gpiozero's global
-``Device.pin_factory``.
+The button posts :class:`Press`/:class:`Release` events after our own debouncing (the optional
+reset button a :class:`Reset`); the LEDs only listen to what the kiosk shows (:class:`Look`).
+The pin factory is passed in (tests use gpiozero's ``MockFactory``); library code never touches
+gpiozero's global ``Device.pin_factory``.
 
 Debouncing is ours, fed by raw edges, because gpiozero's ``bounce_time`` is not honoured by
 its mock pins (tests could not see it) and delays nothing we can measure: the first edge acts
@@ -22,7 +22,7 @@ from enum import StrEnum
 from typing import Any
 
 from .config import GpioSettings
-from .events import Press, Release, State
+from .events import Press, Release, Reset, State
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,8 @@ RING_PATTERNS: dict[Look, Pattern] = {
     Look.TOO_SHORT: Pattern("blink", 1.0, on_s=0.08, off_s=0.08, times=2),
 }
 TRANSIENT_S = 0.4  # how long a transient look lasts before the state's look returns
+RESET_QUIET_S = 1.0  # reset-button presses closer together than this are one
+FAILURE_LOOK_S = 3.0  # how long the error look stays after an apology or a silent turn
 
 
 class Debouncer:
@@ -155,7 +157,13 @@ class Panel:
         self._debouncer = Debouncer(settings.debounce_ms / 1000)
         self._look = Look.OFFLINE
         self._restore: asyncio.TimerHandle | None = None
+        self._flashing: Look | None = None
+        self._alert = False
+        self._last_reset = float("-inf")
+        self.shown = Look.OFFLINE
+        """The look on the LEDs now (``ctl status`` reports it)."""
         self.button: Any = None
+        self.reset_button: Any = None
         self.status_led: Any = None
         self.rgb_led: Any = None
         self.ring_led: Any = None
@@ -181,6 +189,14 @@ class Panel:
                 )
                 self.button.when_pressed = lambda: self._raw(True)
                 self.button.when_released = lambda: self._raw(False)
+            if s.reset_button_pin is not None:
+                # Its own pin, so no gesture on the talk button is ever taken from a question.
+                self.reset_button = Button(
+                    s.reset_button_pin,
+                    pull_up=s.button_active_low,
+                    pin_factory=self._pin_factory,
+                )
+                self.reset_button.when_pressed = self._raw_reset
             if s.status_led_pin is not None:
                 self.status_led = dimmable(s.status_led_pin)
             if s.rgb_led_pins is not None:
@@ -198,6 +214,19 @@ class Panel:
         if self._loop is not None:
             with contextlib.suppress(RuntimeError):  # loop closed during shutdown
                 self._loop.call_soon_threadsafe(self._edge, pressed)
+
+    def _raw_reset(self) -> None:
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._reset_pressed)
+
+    def _reset_pressed(self) -> None:
+        # Contact chatter (and an impatient double press) is one new visitor, not several.
+        assert self._loop is not None
+        now = self._loop.time()
+        if now - self._last_reset >= RESET_QUIET_S:
+            self._last_reset = now
+            self._post(Reset("reset_button"))
 
     def _edge(self, pressed: bool) -> None:
         assert self._loop is not None
@@ -220,19 +249,50 @@ class Panel:
     # --- LEDs --------------------------------------------------------------------------------
 
     def show(self, look: Look | State) -> None:
-        """Show ``look`` on every LED; a transient look returns to the previous one."""
+        """Show the kiosk's state (``TOO_SHORT``: flash it for :data:`TRANSIENT_S`). A flash
+        in progress outlasts a state change, except into listening: a press is answered at
+        once."""
         look = Look(look.value)
+        if look is Look.TOO_SHORT:
+            self.flash(look, TRANSIENT_S)
+            return
+        self._look = look
+        if self._flashing is not None and look is not Look.LISTENING:
+            return
+        self._cancel_flash()
+        self._paint(self._base())
+
+    def flash(self, look: Look, seconds: float) -> None:
+        """Show ``look`` for ``seconds``, then the state's look again."""
+        self._cancel_flash()
+        self._flashing = look
+        if self._loop is not None:
+            self._restore = self._loop.call_later(seconds, self._end_flash)
+        self._paint(look)
+
+    def alert(self, on: bool) -> None:
+        """A standing alarm (a suspect microphone): the error look whenever the kiosk is
+        idle, so it is seen without hiding what a visitor's press does."""
+        self._alert = on
+        if self._flashing is None:
+            self._paint(self._base())
+
+    def _base(self) -> Look:
+        return Look.ERROR if self._alert and self._look is Look.IDLE else self._look
+
+    def _end_flash(self) -> None:
+        self._restore = None
+        self._flashing = None
+        self._paint(self._base())
+
+    def _cancel_flash(self) -> None:
         if self._restore is not None:
             self._restore.cancel()
             self._restore = None
-        if look is Look.TOO_SHORT:
-            if self._loop is not None:
-                self._restore = self._loop.call_later(TRANSIENT_S, self.show, self._look)
-        else:
-            self._look = look
-        self._paint(look)
+        self._flashing = None
 
     def _paint(self, look: Look) -> None:
+        self.shown = look
         for device, table, rgb in (
             (self.status_led, STATUS_PATTERNS, False),
             (self.rgb_led, STATUS_PATTERNS, True),
@@ -244,7 +304,9 @@ class Panel:
     def close(self) -> None:
         if self._restore is not None:
             self._restore.cancel()
-        for device in (self.button, self.status_led, self.rgb_led, self.ring_led):
+        devices = (self.button, self.reset_button, self.status_led, self.rgb_led, self.ring_led)
+        for device in devices:
             if device is not None:
                 device.close()
-        self.button = self.status_led = self.rgb_led = self.ring_led = None
+        self.button = self.reset_button = None
+        self.status_led = self.rgb_led = self.ring_led = None

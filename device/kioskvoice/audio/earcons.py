@@ -15,7 +15,16 @@ from ..dsp.resample import resample_all
 from ..errors import AudioDeviceError, ConfigError
 from .wavio import read_wav
 
-NAMES = ("listening", "too_short", "offline", "error")
+NAMES = (
+    "listening",
+    "too_short",
+    "offline",
+    "error",
+    "apology",
+    "no_speech",
+    "max_turn",
+    "thinking",
+)
 RATE = 24000  # the player's source rate
 MAX_SECONDS = 10.0
 

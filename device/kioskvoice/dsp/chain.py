@@ -28,6 +28,7 @@ from typing import Literal
 import numpy as np
 
 from .align import DelayEstimate, DelayEstimator, ReferenceFifo
+from .level import BlockLevel, measure
 from .resample import Resampler
 from .speex import EchoCanceller, Preprocessor
 
@@ -312,6 +313,12 @@ class CaptureChain:
             mono = self._run(mono) if len(mono) == self._nbytes else self._reblock(mono)
         self.last_clean = mono
         return self._resampler.process(mono)
+
+    def level(self, raw: bytes) -> BlockLevel:
+        """Measure the block just given to :meth:`process` (same thread, right after it):
+        see :func:`~kioskvoice.dsp.level.measure`."""
+        probability = self._pre.speech_probability if self._dsp else None
+        return measure(raw, self.pick(raw), self.last_clean, probability)
 
     def _run(self, mono: bytes) -> bytes:
         fifo = self._fifo

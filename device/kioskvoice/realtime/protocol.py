@@ -60,11 +60,29 @@ class SessionConfigured:
 
 @dataclass(frozen=True, slots=True)
 class Transcript:
-    """A finished transcript: ``role`` is ``user`` (input transcription) or ``assistant``."""
+    """A finished transcript: ``role`` is ``user`` (input transcription) or ``assistant``
+    (``response_id`` names its response)."""
 
     role: str
     item_id: str
     text: str
+    response_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """``input_audio_buffer.committed``: the visitor's turn is now the user item ``item_id``
+    (its transcript, if asked for, comes later; often after the reply's own)."""
+
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptFailed:
+    """``conversation.item.input_audio_transcription.failed``: no transcript will come for
+    ``item_id``."""
+
+    item_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +111,8 @@ Incoming = (
     SessionCreated
     | SessionConfigured
     | Transcript
+    | Committed
+    | TranscriptFailed
     | FatalError
     | Ignored
     | Malformed
@@ -136,6 +156,10 @@ class Protocol:
             "response.done": self._response_done,
             "response.output_audio_transcript.done": self._assistant_transcript,
             "conversation.item.input_audio_transcription.completed": self._user_transcript,
+            "conversation.item.input_audio_transcription.failed": lambda e: [
+                TranscriptFailed(str(e["item_id"]))
+            ],
+            "input_audio_buffer.committed": lambda e: [Committed(str(e["item_id"]))],
             "error": self._error,
             "input_audio_buffer.speech_started": lambda e: [SpeechStarted()],
             "input_audio_buffer.speech_stopped": lambda e: [SpeechStopped()],
@@ -260,10 +284,18 @@ class Protocol:
 
     def _response_done(self, event: dict[str, Any]) -> list[Incoming]:
         response = event["response"]
-        return [ResponseDone(str(response["id"]), str(response.get("status") or "completed"))]
+        status = str(response.get("status") or "completed")
+        return [ResponseDone(str(response["id"]), status, _why(response.get("status_details")))]
 
     def _assistant_transcript(self, event: dict[str, Any]) -> list[Incoming]:
-        return [Transcript("assistant", str(event["item_id"]), str(event["transcript"]))]
+        return [
+            Transcript(
+                "assistant",
+                str(event["item_id"]),
+                str(event["transcript"]),
+                str(event.get("response_id") or ""),
+            )
+        ]
 
     def _user_transcript(self, event: dict[str, Any]) -> list[Incoming]:
         return [Transcript("user", str(event["item_id"]), str(event["transcript"]))]
@@ -285,3 +317,17 @@ class Protocol:
         if code in FATAL_CODES:
             return [FatalError(code, message)]
         return [ServerError(code, message)]
+
+
+def _why(details: Any) -> str:
+    """Why a response did not complete: ``status_details.error.code`` (or its ``type``), else
+    ``status_details.reason``; empty when the server said nothing usable."""
+    if not isinstance(details, dict):
+        return ""
+    error = details.get("error")
+    if isinstance(error, dict):
+        code = error.get("code") or error.get("type")
+        if isinstance(code, str) and code:
+            return code
+    reason = details.get("reason")
+    return reason if isinstance(reason, str) else ""

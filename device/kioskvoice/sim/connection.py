@@ -52,7 +52,7 @@ class Connection:
         self._conversation = Conversation(session, self._outbox)
         self._responses = Responses(sim, session, self._outbox, self._conversation, self._spawn)
         self._input = InputAudio(
-            session, self._outbox, self._conversation, self._responses, self._spawn
+            session, self._outbox, self._conversation, self._responses, self._spawn, sim.faults
         )
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "session.update": self._on_session_update,

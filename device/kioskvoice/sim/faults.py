@@ -1,8 +1,8 @@
 """Fault injection: the switches tests (and ``kioskvoice simulate``) flip on a running simulator.
 
 Read at named points: the handshake (``refuse_connections``), dispatch (``error_on``), the
-session's start (``session_cap_s``), and each response (``reply_delay_s``, ``fail_responses``,
-``drop_after_response``).
+session's start (``session_cap_s``), each response (``reply_delay_s``, ``fail_responses``,
+``drop_after_response``) and each transcription (``transcription_delay_s``).
 """
 
 from __future__ import annotations
@@ -34,3 +34,8 @@ class Faults:
 
     fail_responses: bool = False
     """End every response at once with ``response.done`` status ``failed``."""
+
+    transcription_delay_s: float | None = None
+    """Seconds from a commit to the user's ``...input_audio_transcription.completed`` (None:
+    the default); the real service takes 1.2-1.4 s, often finishing after the reply's own
+    transcript."""

@@ -14,6 +14,7 @@ import math
 from typing import Any, Final
 
 from kioskvoice.sim.conversation import Conversation
+from kioskvoice.sim.faults import Faults
 from kioskvoice.sim.outbox import Outbox
 from kioskvoice.sim.responses import Responses, Spawn
 from kioskvoice.sim.session import BYTES_PER_MS, SimSession, lookup, new_id
@@ -38,7 +39,9 @@ class InputAudio:
         conversation: Conversation,
         responses: Responses,
         spawn: Spawn,
+        faults: Faults | None = None,
     ) -> None:
+        self._faults = faults if faults is not None else Faults()
         self._session = session
         self._outbox = outbox
         self._conversation = conversation
@@ -154,7 +157,8 @@ class InputAudio:
         self._responses.start({})
 
     async def _transcribe(self, item: dict[str, Any], buffered_ms: float) -> None:
-        await asyncio.sleep(TRANSCRIPTION_DELAY_S)
+        delay = self._faults.transcription_delay_s
+        await asyncio.sleep(TRANSCRIPTION_DELAY_S if delay is None else delay)
         transcript = f"({buffered_ms / 1000:.1f} seconds of speech)"
         item["content"][0]["transcript"] = transcript
         audio_tokens = math.ceil(buffered_ms / 100)

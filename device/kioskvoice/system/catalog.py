@@ -164,6 +164,78 @@ watchdog, so systemd kills and restarts it once WatchdogSec (30 s) has passed. I
 check the USB cable, the hub and the power supply (dmesg).
 """,
     ),
+    _entry(
+        "reply_failed",
+        "4017b8707b314292837d03f6389e17ef",
+        "A reply failed: @KIOSKVOICE_ERROR_CODE@",
+        """
+The Realtime service ended a reply with status failed or incomplete; KIOSKVOICE_ERROR_CODE is
+the reason it gave (server_error, rate or quota limits, content_filter, max_output_tokens).
+The visitor heard a short spoken apology and saw the error pattern for a few seconds; the
+next press works as usual. Many of these point at the account (quota, rate limits) or at the
+instructions (content_filter, max_output_tokens):
+
+    journalctl -u kioskvoice KIOSKVOICE_EVENT=reply_failed -o json --since -1d
+""",
+    ),
+    _entry(
+        "no_reply",
+        "c3a60ace4d9a44cf93cddcfef1d8b9d7",
+        "A reply never started: @KIOSKVOICE_ERROR_CODE@",
+        """
+A visitor's turn was sent, but no reply started within interaction.reply_timeout_s (or a
+started reply stopped making progress). The visitor heard a short spoken apology instead of
+silence; a reply that starts later is cancelled. Occasional ones are service hiccups; many
+point at an overloaded service or a network that stalls (see the disconnect records).
+""",
+    ),
+    _entry(
+        "reply_cut",
+        "f9cae6354d664c439c0666d50d056ba8",
+        "A reply was cut off: @KIOSKVOICE_ERROR_CODE@",
+        """
+A reply stopped in the middle: the Realtime link failed, the audio device was lost, or the
+server stopped sending. The visitor heard what had arrived, then a short spoken apology. The
+records before this one say why the link or the device went away.
+""",
+    ),
+    _entry(
+        "no_speech",
+        "8d0409a60c6b4bfea0889a2f58e34704",
+        "A visitor's turn held no speech and was not sent",
+        """
+The button was held, but nothing above audio.silence_floor_dbfs (after echo cancellation and
+noise suppression) reached the microphone and the speech detector never fired. Nothing was
+sent to the model; the visitor was asked to speak closer. KIOSKVOICE_PEAK_DBFS in the
+turn_end record before this one is the loudest the turn got. One now and then is a visitor
+who pressed and said nothing; several in a row raise mic_suspect.
+""",
+    ),
+    _entry(
+        "mic_suspect",
+        "8d61ad96df5845128eef74cc0d285eaa",
+        "The microphone may be muted, dead or disconnected",
+        """
+Several push-to-talk turns in a row (interaction.mic_suspect_turns) held no speech at all.
+Either visitors press without talking, or the microphone is muted, turned all the way down,
+unplugged inside a USB hub, or delivering a constant value (a dead channel: check
+audio.channel). The status LED shows the error pattern while the kiosk is idle, until a turn
+with speech arrives (a mic_ok record). Check with:
+
+    kioskvoice selftest
+""",
+    ),
+    _entry(
+        "mic_clipping",
+        "77c8653e83c648e5a5eb15f25a89b3cb",
+        "The microphone clipped during a turn",
+        """
+Part of a turn's samples reached full scale: the capture gain is too high (or the visitor
+shouted into the microphone). Clipped speech is harder for the model to understand and is
+not removed by the echo canceller. Lower the capture gain (alsamixer, or the array's own
+settings); the turn was still sent and answered.
+""",
+    ),
 )
 
 MESSAGE_IDS: MappingProxyType[str, uuid.UUID] = MappingProxyType(

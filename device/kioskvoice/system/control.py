@@ -1,6 +1,7 @@
 """The local control socket: JSON lines over a unix stream socket.
 
-Request: ``{"cmd": "status" | "press" | "release"}``; reply: one JSON object with ``ok``.
+Request: ``{"cmd": "status" | "press" | "release" | "reset"}``; reply: one JSON object with
+``ok``. ``reset`` starts a new visitor (the conversation is forgotten).
 The socket is created mode 0660 so the service's group (and root) may use it.
 """
 
@@ -21,7 +22,7 @@ from ..errors import ControlError
 log = logging.getLogger(__name__)
 
 MAX_LINE = 64 * 1024
-COMMANDS = ("status", "press", "release")
+COMMANDS = ("status", "press", "release", "reset")
 
 
 class ControlServer:
@@ -77,7 +78,7 @@ class ControlServer:
             request = json.loads(line)
             cmd = request["cmd"]
         except (ValueError, KeyError, TypeError):
-            return {"ok": False, "error": 'expected {"cmd": "status|press|release"}'}
+            return {"ok": False, "error": 'expected {"cmd": "status|press|release|reset"}'}
         if cmd not in COMMANDS:
             return {"ok": False, "error": f"unknown command {cmd!r}"}
         try:
