@@ -370,6 +370,28 @@ async def test_a_stalled_reply_is_an_apology_and_the_late_one_cancelled(
     assert "no_reply" in log
 
 
+async def test_a_reply_cut_by_the_link_ends_in_an_apology(speech, tmp_path) -> None:
+    # Reply audio slower than real time, so the link can fail in the middle of it.
+    async with Simulator(burst_ms=240, burst_interval_s=0.6) as sim:
+        kiosk = await start(sim, tmp_path, speech)
+        try:
+            await kiosk.hold(1.5)
+            await kiosk.until(state="speaking")
+            sim.faults.refuse_connections = True
+            sim.drop_all()
+            cut = time.monotonic()
+            heard_at = await kiosk.hears(APOLOGY, 10)
+            assert heard_at - cut <= 1.5 + len(APOLOGY) / 48000  # after what had arrived
+            assert kiosk.saw("error", since=cut)
+            sim.faults.refuse_connections = False
+            await kiosk.until(state="idle", link="connected", timeout_s=20)
+            await kiosk.hold(1.5)
+            await answered(kiosk, sim, 1)
+        finally:
+            log = await kiosk.stop()
+    assert "[event=reply_cut" in log
+
+
 async def test_a_4s_tool_call_plays_the_thinking_cue_then_answers(sim, speech, tmp_path) -> None:
     async with slow_tool(delay_s=4.0) as url:
         sim.tool_calls.append(("opening_hours", {}))
