@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -79,3 +80,59 @@ def test_usage_error() -> None:
     result = run("ctl", "explode")
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
+
+
+# Modules a light command must never load: the daemon, the audio and DSP stack, the broker,
+# the simulator and their native or network libraries.
+HEAVY = (
+    "kioskvoice.app", "kioskvoice.dsp", "kioskvoice.audio", "kioskvoice.broker",
+    "kioskvoice.sim", "kioskvoice.realtime", "numpy", "soxr", "pyaudio", "gpiozero",
+    "websockets", "httpx", "starlette", "uvicorn",
+)  # fmt: skip
+PROBE = """
+import json, sys
+from kioskvoice.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(json.dumps(sorted(sys.modules)), file=sys.stderr)
+"""
+
+
+def loaded_by(*argv: str, env: dict[str, str] | None = None) -> set[str]:
+    """The modules a fresh interpreter has loaded after running ``kioskvoice ARGV``."""
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, timeout=60, env=env
+    )
+    return set(json.loads(result.stderr.strip().splitlines()[-1]))
+
+
+def heavy(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY))
+
+
+def test_light_commands_import_only_what_they_run(tmp_path) -> None:
+    config = tmp_path / "kiosk.toml"
+    config.write_text(f'[control]\nsocket = "{tmp_path / "none.sock"}"\n')
+    ctl = loaded_by("ctl", "--config", str(config), "status")
+    assert heavy(ctl) == []
+    assert not any(m.startswith(("pydantic", "kioskvoice.config")) for m in ctl), sorted(ctl)
+    diag = loaded_by("diag", "--config", str(config), "--since", "-1s", "--json")
+    assert heavy(diag) == []
+    assert not any(m.startswith(("pydantic", "kioskvoice.config")) for m in diag)
+    assert heavy(loaded_by("check-config", "--config", str(config))) == []
+    # The probe can fail: the full parser does load them.
+    assert "kioskvoice.broker" in loaded_by("--help")
+
+
+def test_ctl_finds_the_socket_as_the_daemon_would(tmp_path) -> None:
+    config = tmp_path / "kiosk.toml"
+    config.write_text(f'[control]\nsocket = "{tmp_path / "from-file.sock"}"\n')
+    result = run("ctl", "--config", str(config), "status")
+    assert result.returncode == 69 and "from-file.sock does not exist" in result.stderr
+    env = {**os.environ, "KIOSKVOICE_CONTROL__SOCKET": str(tmp_path / "from-env.sock")}
+    result = run("ctl", "--config", str(config), "status", env=env)
+    assert "from-env.sock does not exist" in result.stderr
+    result = run("ctl", "--config", str(tmp_path / "missing.toml"), "status")
+    assert result.returncode == 69 and "missing.toml does not exist" in result.stderr

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from kioskvoice.errors import ControlError
-from kioskvoice.system.control import ControlServer, request
+from kioskvoice.system.control import ControlServer
+from kioskvoice.system.control_client import request
 from kioskvoice.system.logging import REDACTOR, log_event, setup_logging
 
 

@@ -1,5 +1,10 @@
 """The ``kioskvoice`` command.
 
+Each subcommand imports only what it runs: the parser registers just the command named on the
+command line (all of them only for ``--help`` or a mistake), so ``ctl``, ``diag`` and
+``check-config`` start without the daemon, numpy, the DSP, the broker or the simulator, and
+``ctl`` without even the config model (tests/test_cli.py holds that in place).
+
 Exit codes: 0 success, 1 runtime failure, 2 usage, 69 a device or service is unavailable,
 78 configuration error (systemd's ``RestartPreventExitStatus=78`` stops restart loops on it).
 """
@@ -7,23 +12,17 @@ Exit codes: 0 success, 1 runtime failure, 2 usage, 69 a device or service is una
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
-import logging
-import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
-from .config import load_config, render_toml
 from .errors import AudioDeviceError, ConfigError, ControlError, KioskError
 
 EX_UNAVAILABLE = 69
 EX_CONFIG = 78
-
-log = logging.getLogger("kioskvoice")
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -36,21 +35,23 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="kioskvoice", description="Voice kiosk firmware for the Realtime API."
-    )
-    parser.add_argument("--version", action="version", version=f"kioskvoice {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _add_run(sub: Any) -> None:
+    _config_arg(sub.add_parser("run", help="run the kiosk daemon in the foreground"))
 
-    p = sub.add_parser("run", help="run the kiosk daemon in the foreground")
-    _config_arg(p)
+
+def _add_check_config(sub: Any) -> None:
     p = sub.add_parser("check-config", help="validate the config and print it, secrets masked")
     _config_arg(p)
+
+
+def _add_ctl(sub: Any) -> None:
     p = sub.add_parser("ctl", help="talk to a running daemon over its control socket")
     _config_arg(p)
     p.add_argument("--socket", type=Path, default=None, help="control socket path")
     p.add_argument("cmd", choices=["status", "press", "release", "reset"])
+
+
+def _add_simulate(sub: Any) -> None:
     p = sub.add_parser("simulate", help="run the embedded Realtime simulator on loopback")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--api-key", default=None, help="accept only this key (default: any)")
@@ -67,8 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device-token", default=None, help="the device token the broker accepts")
     p.add_argument("--secret-ttl-s", type=float, default=600.0, help="lifetime of minted secrets")
+
+
+def _add_demo(sub: Any) -> None:
     p = sub.add_parser("demo", help="the whole kiosk against the simulator, no hardware")
     p.add_argument("--out", type=Path, default=None, help="directory for the demo's WAV files")
+
+
+def _add_panel(sub: Any) -> None:
     p = sub.add_parser(
         "panel", help="hold an LED pattern (the alert unit shows why the kiosk is not running)"
     )
@@ -80,22 +87,79 @@ def build_parser() -> argparse.ArgumentParser:
         "config is invalid, else error",
     )
     p.add_argument("--seconds", type=float, default=None, help="stop after this long")
+
+
+def _add_devices(sub: Any) -> None:
     sub.add_parser("devices", help="list audio devices")
-    # Their own modules register these (and import numpy/soxr only when they run).
-    from . import diag, provision, selftest
-    from .audio import record
-    from .broker import cli as broker
+
+
+# Commands whose parsers live in their own modules: imported only when named (or for --help).
+def _add_diag(sub: Any) -> None:
+    from . import diag
 
     diag.add_parser(sub)
+
+
+def _add_provision(sub: Any) -> None:
+    from . import provision
+
     provision.add_parser(sub)
+
+
+def _add_selftest(sub: Any) -> None:
+    from . import selftest
+
     selftest.add_parser(sub)
+
+
+def _add_record_dsp(sub: Any) -> None:
+    from .audio import record
+
     record.add_parsers(sub)  # record, dsp
+
+
+def _add_broker(sub: Any) -> None:
+    from .broker import cli as broker
+
     broker.add_parser(sub)  # broker serve|add-device|list-devices|revoke-device
+
+
+_REGISTER: dict[str, Callable[[Any], None]] = {
+    "run": _add_run,
+    "check-config": _add_check_config,
+    "ctl": _add_ctl,
+    "simulate": _add_simulate,
+    "demo": _add_demo,
+    "panel": _add_panel,
+    "devices": _add_devices,
+    "diag": _add_diag,
+    "provision": _add_provision,
+    "selftest": _add_selftest,
+    "record": _add_record_dsp,
+    "dsp": _add_record_dsp,
+    "broker": _add_broker,
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser with ``command`` alone registered, or every command for None."""
+    parser = argparse.ArgumentParser(
+        prog="kioskvoice", description="Voice kiosk firmware for the Realtime API."
+    )
+    parser.add_argument("--version", action="version", version=f"kioskvoice {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    registered = set()
+    for name, register in _REGISTER.items():
+        if (command is None or name == command) and register not in registered:
+            registered.add(register)
+            register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    named = next((arg for arg in argv if not arg.startswith("-")), None)
+    args = build_parser(named if named in _REGISTER else None).parse_args(argv)
     handlers = {
         "run": _run,
         "check-config": _check_config,
@@ -122,7 +186,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
     from .app import App
+    from .config import load_config
     from .system.logging import setup_logging
 
     settings = load_config(args.config)
@@ -134,12 +202,15 @@ def _run(args: argparse.Namespace) -> int:
         raise
     except Exception:
         # Logged through the redacting handler: no secret reaches the journal or stderr.
-        log.critical("kioskvoice failed", exc_info=True)
+        logging.getLogger("kioskvoice").critical("kioskvoice failed", exc_info=True)
         return 1
     return 0
 
 
 async def _serve(app) -> None:
+    import asyncio
+    import signal
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, app.stop)
@@ -147,21 +218,26 @@ async def _serve(app) -> None:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from .config import load_config, render_toml
+
     settings = load_config(args.config)
     print(render_toml(settings), end="")
     return 0
 
 
 def _ctl(args: argparse.Namespace) -> int:
-    from .system.control import request
+    from .system.control_client import request, socket_path
 
-    path = args.socket or load_config(args.config).control.socket
+    path = args.socket or socket_path(args.config)
     reply = request(path, args.cmd)
     print(json.dumps(reply, indent=2))
     return 0 if reply.get("ok") else 1
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
     from .sim import Faults, Simulator
     from .sim.broker import BrokerStub
 
@@ -220,6 +296,11 @@ def _lenient_gpio(path: Path | None):
 
 
 def _panel(args: argparse.Namespace) -> int:
+    import asyncio
+    import contextlib
+    import signal
+
+    from .config import load_config
     from .panel import Look, Panel
     from .provision import FAILED_MARKER
 

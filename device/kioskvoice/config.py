@@ -34,9 +34,10 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from . import paths
 from .errors import ConfigError
 
-DEFAULT_CONFIG_PATH = Path("/etc/kioskvoice/kioskvoice.toml")
+DEFAULT_CONFIG_PATH = paths.CONFIG
 ENV_PREFIX = "KIOSKVOICE_"
 ENV_DELIMITER = "__"
 
@@ -287,7 +288,7 @@ class GpioSettings(_Section):
 class ControlSettings(_Section):
     """The local control socket used by ``kioskvoice ctl``."""
 
-    socket: Path = Path("/run/kioskvoice/control.sock")
+    socket: Path = paths.CONTROL_SOCKET
     """Unix socket path (created mode 0660)."""
 
 

@@ -281,16 +281,15 @@ def read_records(
 
 def current_state(socket_path: Path | None, config: Path | None) -> dict[str, Any] | None:
     """The running daemon's status (whitelisted keys), or None when it does not answer."""
-    from .errors import ControlError, KioskError
-    from .system.control import request
+    from .errors import ControlError
+    from .system.control_client import DEFAULT_SOCKET, request
+    from .system.control_client import socket_path as configured_socket
 
     if socket_path is None:
-        from .config import ControlSettings, load_config
-
         try:
-            socket_path = load_config(config).control.socket
-        except KioskError:
-            socket_path = ControlSettings().socket  # an unreadable config: the default place
+            socket_path = configured_socket(config)
+        except ControlError:
+            socket_path = DEFAULT_SOCKET  # an unreadable config: the default place
     try:
         reply = request(socket_path, "status", timeout_s=3.0)
     except ControlError:

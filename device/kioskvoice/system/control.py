@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ControlError
+from .control_client import MAX_LINE
 
 log = logging.getLogger(__name__)
 
-MAX_LINE = 64 * 1024
 COMMANDS = ("status", "press", "release", "reset")
 
 
@@ -96,30 +96,3 @@ def _is_alive(path: Path) -> bool:
         except OSError:
             return False
         return True
-
-
-def request(path: Path, cmd: str, *, timeout_s: float = 5.0) -> dict[str, Any]:
-    """Send one command to a running daemon and return its reply (blocking, with a timeout)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout_s)
-        try:
-            sock.connect(str(path))
-            sock.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = sock.recv(MAX_LINE)
-                if not chunk:
-                    break
-                data += chunk
-        except FileNotFoundError:
-            raise ControlError(f"no daemon: control socket {path} does not exist") from None
-        except PermissionError:
-            raise ControlError(f"permission denied on control socket {path}") from None
-        except TimeoutError:
-            raise ControlError(f"control socket {path}: no answer within {timeout_s} s") from None
-        except OSError as exc:
-            raise ControlError(f"control socket {path}: {exc.strerror or exc}") from None
-    try:
-        return json.loads(data)
-    except ValueError:
-        raise ControlError(f"control socket {path}: malformed reply") from None
