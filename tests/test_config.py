@@ -28,7 +28,7 @@ def test_defaults_from_empty_file(tmp_path: Path) -> None:
 
 
 def test_missing_default_file_means_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    monkeypatch.setattr("kioskvoice.config.DEFAULT_CONFIG_PATH", tmp_path / "absent.toml")
+    monkeypatch.setattr("kioskvoice.config.loading.DEFAULT_CONFIG_PATH", tmp_path / "absent.toml")
     assert load_config().audio.sample_rate == 16000
 
 
