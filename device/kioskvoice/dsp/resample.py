@@ -20,18 +20,23 @@ class Resampler:
     def __init__(self, in_rate: int, out_rate: int, quality: str = "HQ") -> None:
         self.in_rate = in_rate
         self.out_rate = out_rate
+        # float32, not int16: soxr's streaming int16 output is dithered with a seed that
+        # differs per stream (soxr 1.1), so the same audio came out differently every run,
+        # and a recording could not be reproduced offline. The conversion is ours.
         self._stream = (
             None
             if in_rate == out_rate
-            else soxr.ResampleStream(in_rate, out_rate, 1, dtype="int16", quality=quality)
+            else soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality=quality)
         )
 
     def process(self, pcm: bytes, *, last: bool = False) -> bytes:
-        """Resample one block; ``last=True`` flushes the filter's tail."""
+        """Resample one block; ``last=True`` flushes the filter's tail. Deterministic: the
+        same input always gives the same output."""
         if self._stream is None:
             return bytes(pcm)
-        samples = np.frombuffer(pcm, dtype=np.int16)
-        return self._stream.resample_chunk(samples, last=last).tobytes()
+        samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) * (1.0 / 32768.0)
+        out = self._stream.resample_chunk(samples, last=last) * 32768.0
+        return np.clip(np.rint(out), -32768, 32767).astype(np.int16).tobytes()
 
 
 def resample_all(pcm: bytes, in_rate: int, out_rate: int, channels: int = 1) -> bytes:
