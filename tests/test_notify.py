@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import test_e2e
-from kioskvoice.app import PROGRESS_STALL_S
+from kioskvoice.jobs import PROGRESS_STALL_S
 from kioskvoice.system.notify import Notifier
 from test_e2e import cli, start_daemon
 

@@ -16,14 +16,16 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from jsonschema import Draft202012Validator
 
 from .config import ToolSettings
 from .errors import ConfigError
 from .system.logging import log_event
+
+if TYPE_CHECKING:
+    import httpx  # imported when the first tool runs: a kiosk without tools never loads it
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +140,8 @@ class ToolRunner:
         headers: dict[str, str],
         client: httpx.AsyncClient,
     ) -> tuple[str, str]:
+        import httpx
+
         try:
             request = client.build_request(
                 tool.method,

@@ -11,11 +11,16 @@ its slot, so one lost transcription never holds back the rest. Pure: time is pas
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from .realtime.protocol import Transcript
+from .realtime.protocol import Committed, Transcript, TranscriptFailed
+from .system.logging import log_event
+
+log = logging.getLogger(__name__)
 
 WAIT_S = 5.0
 
@@ -73,3 +78,44 @@ class TranscriptOrder:
     def _release(self) -> None:
         while self._slots and self._slots[0].transcript is not None:
             self._emit(self._slots.popleft().transcript)  # type: ignore[arg-type]
+
+
+class TranscriptLog:
+    """The daemon's transcripts: one ``transcript`` record each when ``record`` is on (off by
+    default: visitors' privacy), and every ``callbacks`` entry called with ``(role, text)``,
+    both in conversation order. ``awaits_user``: the session transcribes the visitor, so each
+    commit holds a slot for that transcript."""
+
+    def __init__(self, *, record: bool, awaits_user: bool) -> None:
+        self.record = record
+        self.awaits_user = awaits_user
+        self.callbacks: list[Callable[[str, str], None]] = []
+        self.order = TranscriptOrder(self._release)
+
+    def receive(self, event: Any, now: float) -> bool:
+        """Take a transcript-related server event; False when ``event`` is none."""
+        if isinstance(event, Transcript):
+            self.order.add(event, now)
+        elif isinstance(event, Committed):
+            if self.awaits_user:
+                self.order.committed(event.item_id, now)
+        elif isinstance(event, TranscriptFailed):
+            self.order.failed(event.item_id)
+        else:
+            return False
+        return True
+
+    def _release(self, event: Transcript) -> None:
+        if self.record:
+            log_event(
+                log,
+                logging.INFO,
+                "transcript",
+                f"{event.role}: {event.text}",
+                role=event.role,
+                item_id=event.item_id,
+                response_id=event.response_id or None,
+                transcript=event.text,
+            )
+        for callback in self.callbacks:
+            callback(event.role, event.text)
