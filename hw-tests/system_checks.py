@@ -175,7 +175,7 @@ def check_usb_replug(rig: Rig, timeout_s: float = 60.0) -> CheckResult:
     """The USB microphone is unplugged and plugged back in (prompted); the kiosk's audio
     layer (:class:`~kioskvoice.audio.streams.ResilientAudio`) notices and recovers."""
     from kioskvoice.audio.player import Player
-    from kioskvoice.audio.streams import ResilientAudio
+    from kioskvoice.audio.resilient import ResilientAudio
 
     name = "usb_replug"
     a = rig.settings.audio

@@ -15,7 +15,8 @@ import pytest
 
 from kioskvoice.audio.devices import find_device, open_portaudio
 from kioskvoice.audio.player import Player
-from kioskvoice.audio.streams import AudioSystem, FrameQueue, WavInput
+from kioskvoice.audio.streams import FrameQueue, open_input, open_output
+from kioskvoice.audio.wavdev import WavInput
 from kioskvoice.audio.wavio import WavWriter, read_wav, write_wav
 from kioskvoice.dsp.chain import CaptureChain
 from kioskvoice.errors import AudioDeviceError
@@ -152,7 +153,7 @@ def test_portaudio_capture_picks_a_channel(alsa_home: Path) -> None:
     frames = tone(1.0, 16000, channels=4)
     frames[:, 1] = 1234
     (alsa_home / "in.raw").write_bytes(frames.tobytes())
-    system = AudioSystem()
+    pa = open_portaudio()
     got: list[bytes] = []
     done = threading.Event()
     chain = CaptureChain(rate=16000, channels=4, channel=1)
@@ -163,21 +164,21 @@ def test_portaudio_capture_picks_a_channel(alsa_home: Path) -> None:
             done.set()
 
     try:
-        mic = system.open_input("kiosk", rate=16000, channels=4, frame_ms=20)
+        mic = open_input(pa, "kiosk", rate=16000, channels=4, frame_ms=20)
         mic.start(on_block)
         assert done.wait(5), "no audio from the ALSA file PCM"
         mic.stop()
     finally:
-        system.close()
+        pa.terminate()
     assert all(len(b) == 320 * 4 * 2 for b in got[:10])
     picked = np.frombuffer(b"".join(chain.process(b) for b in got[:10]), dtype=np.int16)
     assert np.all(np.abs(picked[200:-200] - 1234) <= 2)
 
 
 def test_portaudio_playback_writes_what_the_player_plays(alsa_home: Path) -> None:
-    system = AudioSystem()
+    pa = open_portaudio()
     try:
-        speaker = system.open_output("kiosk", frame_ms=20)
+        speaker = open_output(pa, "kiosk", frame_ms=20)
         player = Player(speaker.rate, speaker.rate // 50, prebuffer_ms=0)
         player.feed("item", tone(0.3, 24000).tobytes())
         player.finish()
@@ -187,7 +188,7 @@ def test_portaudio_playback_writes_what_the_player_plays(alsa_home: Path) -> Non
             time.sleep(0.02)
         speaker.stop()
     finally:
-        system.close()
+        pa.terminate()
     assert player.played_ms("item") >= 290
     written = np.frombuffer((alsa_home / "out.raw").read_bytes(), dtype=np.int16)
     assert np.abs(written).max() > 4000  # the tone reached the device
@@ -195,12 +196,12 @@ def test_portaudio_playback_writes_what_the_player_plays(alsa_home: Path) -> Non
 
 def test_missing_device_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))  # no ALSA PCMs defined at all
-    system = AudioSystem()
+    pa = open_portaudio()
     try:
         with pytest.raises(AudioDeviceError, match="no input device matching 'ReSpeaker'"):
-            system.open_input("ReSpeaker", rate=16000, channels=6, frame_ms=20)
+            open_input(pa, "ReSpeaker", rate=16000, channels=6, frame_ms=20)
     finally:
-        system.close()
+        pa.terminate()
     assert "HOME" in os.environ
 
 
@@ -299,7 +300,7 @@ class Events:
 
 
 def start_audio(spec_in: str, spec_out: str, events: Events, blocks: list[bytes]):
-    from kioskvoice.audio.streams import ResilientAudio
+    from kioskvoice.audio.resilient import ResilientAudio
 
     audio = ResilientAudio(
         spec_in,

@@ -17,7 +17,8 @@ from typing import Any
 
 from . import jobs
 from .audio.player import Player
-from .audio.streams import FrameQueue, ResilientAudio
+from .audio.resilient import ResilientAudio
+from .audio.streams import FrameQueue
 from .config import Settings
 from .dsp.chain import CaptureChain, DspOptions
 from .events import (

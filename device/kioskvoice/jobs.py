@@ -9,7 +9,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .audio.streams import FrameQueue, ResilientAudio
+from .audio.resilient import ResilientAudio
+from .audio.streams import FrameQueue
 from .realtime.supervisor import Supervisor
 from .system.logging import log_event
 from .system.notify import Notifier

@@ -125,7 +125,7 @@ def add_parsers(subparsers: Any) -> None:
 def run_record(args: argparse.Namespace) -> int:
     """The ``record`` command; returns the exit status."""
     from ..config import load_config
-    from .streams import ResilientAudio
+    from .resilient import ResilientAudio
 
     if args.seconds <= 0:
         print("kioskvoice record: --seconds must be positive", file=sys.stderr)

@@ -75,10 +75,6 @@ class WavWriter:
             self._data_bytes,
         )
 
-    @property
-    def frames_written(self) -> int:
-        return self._data_bytes // (2 * self.channels)
-
     def write(self, frames: bytes | bytearray | memoryview) -> None:
         with self._lock:
             if self._fh.closed:

@@ -32,7 +32,7 @@ def _capture(rig: Rig, seconds: float, play: bytes | None = None) -> _Take:
     ``play`` (24 kHz mono PCM16) meanwhile; raises :class:`AudioDeviceError`."""
     from ..audio.player import Player
     from ..audio.record import Recorder
-    from ..audio.streams import ResilientAudio
+    from ..audio.resilient import ResilientAudio
     from ..audio.wavio import read_wav
 
     a = rig.settings.audio
