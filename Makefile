@@ -65,7 +65,7 @@ hw-test-sim: venv
 # Figures are printed, never asserted. SOAK_S=60 for a quick run (the link issue asks for 1000).
 SOAK_S ?= 1000
 bench: venv
-	$(BIN)/python -m kioskvoice.dsp.bench_speex
+	$(BIN)/python tests/bench/bench_speex.py
 	$(BIN)/python tests/bench/bench_panel.py --runs 50
 	$(BIN)/python tests/bench/bench_broker.py --requests 1000
 	$(BIN)/python tests/bench/bench_link.py --drops 20 --soak-s $(SOAK_S)

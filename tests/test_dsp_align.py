@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kioskvoice.dsp.align import DelayEstimator, ReferenceFifo
-from kioskvoice.dsp.scene import make_room_scene
+from scenes import make_room_scene
 
 RATE = 16000
 

@@ -15,8 +15,9 @@ import soxr
 from kioskvoice.audio.wavio import write_wav
 from kioskvoice.dsp import speex
 from kioskvoice.dsp.chain import CaptureChain, DspOptions, PostGain
-from kioskvoice.dsp.scene import RoomScene, erle_over, make_room_scene, si_sdr_db
+from kioskvoice.dsp.measures import erle_over, si_sdr_db
 from kioskvoice.dsp.tool import add_parser, run_offline
+from scenes import RoomScene, make_room_scene
 
 try:
     speex._library()

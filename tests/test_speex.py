@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from kioskvoice.dsp import speex
-from kioskvoice.dsp.bench_speex import EchoScene, erle_db, make_echo_scene
+from kioskvoice.dsp.measures import erle_db
 from kioskvoice.dsp.speex import (
     EchoCanceller,
     Preprocessor,
@@ -21,6 +21,7 @@ from kioskvoice.dsp.speex import (
     SpeexUnavailable,
 )
 from kioskvoice.errors import KioskError
+from scenes import EchoScene, make_echo_scene
 
 try:
     speex._library()

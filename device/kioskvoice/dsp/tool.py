@@ -30,7 +30,7 @@ import numpy as np
 from ..audio.wavio import read_wav, write_wav
 from ..errors import KioskError
 from .chain import MODEL_RATE, CaptureChain, DspOptions
-from .scene import active_blocks, erle_db
+from .measures import active_blocks, erle_db
 
 __all__ = ["OfflineResult", "add_parser", "parse_channel", "run_dsp", "run_offline"]
 

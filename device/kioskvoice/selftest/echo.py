@@ -3,7 +3,7 @@ cancel its own voice (ERLE) at a delay it finds.
 
 On virtual hardware (``wav:`` devices) there is no acoustic path from the speaker to the
 microphone: the echo check then plays the sample into a room synthesised with
-:mod:`kioskvoice.dsp.scene` and says so in its result.
+:mod:`kioskvoice.dsp.room` and says so in its result.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ def check_echo(rig: Rig) -> CheckResult:
     """Play speech, capture, run the real capture chain: ERLE (pass at 15 dB) and delay."""
     from ..audio.player import SOURCE_RATE
     from ..dsp.chain import CaptureChain, DspOptions
+    from ..dsp.measures import erle_db
     from ..dsp.resample import resample_all
-    from ..dsp.scene import erle_db
     from ..dsp.tool import far_masks, run_offline
 
     name = "echo"

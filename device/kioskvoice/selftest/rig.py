@@ -45,8 +45,8 @@ class Rig:
 
 def synthetic_room(played: np.ndarray, rate: int, *, seed: int = 8) -> np.ndarray:
     """``played`` through a simulated loudspeaker-to-mic path (40 ms, RT60 0.3 s) with
-    noise: the acoustic echo a kiosk's mic hears (see :mod:`kioskvoice.dsp.scene`)."""
-    from ..dsp.scene import room_impulse_response
+    noise: the acoustic echo a kiosk's mic hears (see :mod:`kioskvoice.dsp.room`)."""
+    from ..dsp.room import room_impulse_response
 
     rng = np.random.default_rng(seed)
     response = room_impulse_response(rate, delay_ms=40.0, rt60_s=0.3, rng=rng)

@@ -1,4 +1,4 @@
-"""Synthetic echo scenes and the measures used to judge the chain (tests, bench, ``dsp`` tool).
+"""Synthetic echo scenes for the tests and benchmarks (not shipped in the firmware).
 
 Two scenes:
 
@@ -7,10 +7,9 @@ Two scenes:
 - :func:`make_room_scene`: the acceptance room of the DSP issue: a 25 ms direct path, RT60
   about 0.3 s, near-end speech in double-talk stretches, low noise, an optional extra delay
   that the chain does not know. It keeps the clean near end, so the near end's quality in
-  double talk can be measured (:func:`si_sdr_db`).
+  double talk can be measured (:func:`kioskvoice.dsp.measures.si_sdr_db`).
 
-Everything is deterministic for a given seed. numpy only; nothing here runs in the live chain
-except :func:`active_blocks` and :func:`erle_db` (used by the ``dsp`` tool's report).
+Everything is deterministic for a given seed. numpy only.
 """
 
 from __future__ import annotations
@@ -20,18 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = [
-    "EchoScene",
-    "RoomScene",
-    "active_blocks",
-    "erle_db",
-    "erle_over",
-    "make_echo_scene",
-    "make_room_scene",
-    "room_impulse_response",
-    "si_sdr_db",
-    "speech_like",
-]
+from kioskvoice.dsp.room import room_impulse_response
 
 
 @dataclass(frozen=True)
@@ -121,34 +109,6 @@ def make_echo_scene(
         talker *= np.sqrt(np.mean(echo**2) / np.mean(talker**2))
         near[start:stop] += talker
     return EchoScene(far=far.astype(np.int16), near=_to_int16(near), sample_rate=sample_rate)
-
-
-def room_impulse_response(
-    rate: int,
-    *,
-    delay_ms: float = 25.0,
-    rt60_s: float = 0.3,
-    drr_db: float = 6.0,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """A loudspeaker-to-mic response: pure delay, a direct path at -6 dB, a few early
-    reflections, then a diffuse exponential tail with the given RT60 (energy -60 dB after
-    ``rt60_s``) and direct-to-reverberant ratio, cut at -60 dB."""
-    delay = round(delay_ms * rate / 1000)
-    length = int(rt60_s * rate)
-    response = np.zeros(delay + length)
-    direct = 0.5
-    response[delay] = direct
-    for _ in range(6):  # early reflections 2-25 ms after the direct sound
-        at = delay + int(rng.uniform(0.002, 0.025) * rate)
-        response[at] += direct * rng.uniform(0.15, 0.45) * rng.choice((-1.0, 1.0))
-    t = np.arange(1, length) / rate
-    decay = np.exp(-3.0 * np.log(10.0) * t / rt60_s)  # amplitude: -60 dB at rt60_s
-    tail = rng.standard_normal(length - 1) * decay
-    # Scale the diffuse tail so that direct / reverberant energy = drr_db.
-    tail *= np.sqrt(direct**2 / 10.0 ** (drr_db / 10.0) / np.sum(tail**2))
-    response[delay + 1 :] += tail
-    return response
 
 
 @dataclass(frozen=True)
@@ -250,66 +210,3 @@ def make_room_scene(
         near_only=tuple((float(a), float(b)) for a, b in near_only),
         delay_ms=delay_ms,
     )
-
-
-# --- measures -------------------------------------------------------------------------------
-
-
-def erle_db(mic: np.ndarray, out: np.ndarray, start: int = 0) -> float:
-    """Echo return loss enhancement: 10*log10(mic energy / output energy) from ``start`` on."""
-    stop = min(len(mic), len(out))
-    mic_energy = float(np.sum(mic[start:stop].astype(np.float64) ** 2))
-    out_energy = float(np.sum(out[start:stop].astype(np.float64) ** 2))
-    return 10.0 * np.log10(mic_energy / max(out_energy, 1e-9))
-
-
-def erle_over(mic: np.ndarray, out: np.ndarray, mask: np.ndarray) -> float:
-    """ERLE over the samples where ``mask`` is true (e.g. the far-only stretches)."""
-    stop = min(len(mic), len(out), len(mask))
-    keep = mask[:stop]
-    mic_energy = float(np.sum(mic[:stop][keep].astype(np.float64) ** 2))
-    out_energy = float(np.sum(out[:stop][keep].astype(np.float64) ** 2))
-    return 10.0 * np.log10(max(mic_energy, 1e-9) / max(out_energy, 1e-9))
-
-
-def si_sdr_db(
-    clean: np.ndarray, out: np.ndarray, mask: np.ndarray | None = None, *, max_lag: int = 400
-) -> float:
-    """Scale-invariant signal-to-distortion ratio of ``out`` against ``clean`` (dB).
-
-    ``out`` may lag ``clean`` by up to ``max_lag`` samples (the preprocessor delays its output
-    by one frame); the best lag is used. Residual echo, noise and speech distortion all count
-    as distortion. ``mask`` restricts the measure to some samples (the double-talk stretches).
-    """
-    n = min(len(clean), len(out))
-    reference = clean[:n].astype(np.float64)
-    estimate = out.astype(np.float64)
-    keep = np.ones(n, dtype=bool) if mask is None else mask[:n]
-    index = np.flatnonzero(keep)
-    index = index[index + max_lag < len(estimate)]
-    target = reference[index]
-    best = -np.inf
-    energy = float(np.dot(target, target))
-    if energy <= 0.0:
-        return best
-    # Coarse-to-fine would be faster; the lag range is small and this runs only in tests.
-    lags = range(0, max_lag + 1)
-    scores = [float(np.dot(estimate[index + lag], target)) for lag in lags]
-    lag = int(np.argmax(scores))
-    estimated = estimate[index + lag]
-    alpha = scores[lag] / energy
-    distortion = estimated - alpha * target
-    best = 10.0 * np.log10(alpha**2 * energy / max(float(np.dot(distortion, distortion)), 1e-9))
-    return best
-
-
-def active_blocks(signal: np.ndarray, block: int, *, floor_dbfs: float = -50.0) -> np.ndarray:
-    """Per block of ``block`` samples, whether its RMS level is above ``floor_dbfs`` and within
-    40 dB of the loudest block (a reference that is playing, not silence)."""
-    count = len(signal) // block
-    if count == 0:
-        return np.zeros(0, dtype=bool)
-    frames = signal[: count * block].astype(np.float64).reshape(count, block)
-    rms = np.sqrt(np.mean(frames**2, axis=1))
-    level = 20.0 * np.log10(np.maximum(rms, 1e-3) / 32768.0)
-    return (level > floor_dbfs) & (level > level.max() - 40.0)

@@ -1,4 +1,4 @@
-"""DSP benchmark: ``python -m kioskvoice.dsp.bench_speex`` (``make bench``).
+"""DSP benchmark: ``python tests/bench/bench_speex.py`` (``make bench``).
 
 1. Per chain, for 10 and 20 ms blocks and 100/200/300 ms echo tails, over one room scene
    (25 ms direct path, RT60 0.3 s, double talk, low noise): CPU milliseconds per second of
@@ -41,18 +41,14 @@ from pathlib import Path
 import numpy as np
 
 from kioskvoice.dsp.chain import MODEL_RATE, CaptureChain, DspOptions
-from kioskvoice.dsp.scene import (
-    EchoScene,
-    RoomScene,
-    erle_db,
-    erle_over,
-    make_echo_scene,
-    make_room_scene,
-    si_sdr_db,
-)
-from kioskvoice.dsp.speex import EchoCanceller, Preprocessor, PreprocessorSettings
 
-__all__ = ["C_FLOOR_SOURCE", "EchoScene", "erle_db", "main", "make_echo_scene"]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: the scenes
+
+from kioskvoice.dsp.measures import erle_over, si_sdr_db
+from kioskvoice.dsp.speex import EchoCanceller, Preprocessor, PreprocessorSettings
+from scenes import RoomScene, make_room_scene
+
+__all__ = ["C_FLOOR_SOURCE", "main"]
 
 
 # The physical floor: the very calls our chain makes, from a C loop over raw int16 files.
@@ -488,7 +484,7 @@ def _gain_table(args: argparse.Namespace, rate: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print its tables; returns the process exit status."""
-    parser = argparse.ArgumentParser(prog="python -m kioskvoice.dsp.bench_speex")
+    parser = argparse.ArgumentParser(prog="python tests/bench/bench_speex.py")
     parser.add_argument("--seconds", type=float, default=16.0, help="audio per run")
     parser.add_argument("--repeats", type=int, default=5, help="runs per figure (best kept)")
     parser.add_argument(
