@@ -17,7 +17,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from kioskvoice.audio.wavio import read_wav, write_wav
 from kioskvoice.config import (
     AudioSettings,
     ControlSettings,
@@ -28,6 +27,7 @@ from kioskvoice.config import (
     RealtimeSettings,
     Settings,
 )
+from kioskvoice.wavio import read_wav, write_wav
 
 MODE = os.environ.get("KIOSKVOICE_HW", "real").strip().lower()
 SIM = MODE == "sim"

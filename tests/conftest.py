@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from kioskvoice.audio.wavio import write_wav
 from kioskvoice.sim import Simulator
 from kioskvoice.sim.voice import synthesize
+from kioskvoice.wavio import write_wav
 
 TEST_KEY = "sk-test-0123456789abcdefSECRET"
 

@@ -17,9 +17,9 @@ from kioskvoice.audio.devices import find_device, open_portaudio
 from kioskvoice.audio.player import Player
 from kioskvoice.audio.streams import FrameQueue, open_input, open_output
 from kioskvoice.audio.wavdev import WavInput
-from kioskvoice.audio.wavio import WavWriter, read_wav, write_wav
 from kioskvoice.dsp.chain import CaptureChain
 from kioskvoice.errors import AudioDeviceError
+from kioskvoice.wavio import WavWriter, read_wav, write_wav
 
 
 def tone(seconds: float, rate: int, freq: float = 440.0, channels: int = 1) -> np.ndarray:

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import soxr
 
-from kioskvoice.audio.wavio import write_wav
 from kioskvoice.dsp import speex
 from kioskvoice.dsp.chain import CaptureChain, DspOptions, PostGain
 from kioskvoice.dsp.measures import erle_over, si_sdr_db
 from kioskvoice.dsp.tool import add_parser, run_offline
+from kioskvoice.wavio import write_wav
 from scenes import RoomScene, make_room_scene
 
 try:

@@ -25,7 +25,6 @@ import pytest
 import journald
 import test_e2e
 from conftest import TEST_KEY
-from kioskvoice.audio.wavio import write_wav
 from kioskvoice.system import logging as klogging
 from kioskvoice.system.catalog import ENTRIES, MESSAGE_IDS
 from kioskvoice.system.logging import (
@@ -35,6 +34,7 @@ from kioskvoice.system.logging import (
     setup_logging,
     stream_is_journal,
 )
+from kioskvoice.wavio import write_wav
 from test_e2e import cli, wait_status
 
 pytestmark = pytest.mark.timeout(60)

@@ -367,7 +367,7 @@ async def test_an_led_without_pwm_still_shows_states() -> None:
 
 
 async def test_hands_free_holds_two_turns_with_server_vad(tmp_path, speech_pcm, factory) -> None:
-    from kioskvoice.audio.wavio import write_wav
+    from kioskvoice.wavio import write_wav
 
     speech = tmp_path / "pauses.wav"  # a question, then 1.5 s of quiet, looped by wav:
     write_wav(speech, speech_pcm + bytes(2 * 16000 * 3 // 2), 16000)

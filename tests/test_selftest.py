@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from kioskvoice import selftest
-from kioskvoice.audio.wavio import read_wav, write_wav
 from kioskvoice.config import GpioSettings, Settings
 from kioskvoice.selftest import CHECKS, Prompter, Rig, Status, run_check
 from kioskvoice.sim.broker import BrokerStub
+from kioskvoice.wavio import read_wav, write_wav
 
 DEVICE_TOKEN = "kvd_selftest-device-token-SECRET-0123456789"
 

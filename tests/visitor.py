@@ -23,9 +23,9 @@ import numpy as np
 
 from conftest import TEST_KEY
 from kioskvoice.audio.earcons import Earcons
-from kioskvoice.audio.wavio import write_wav
 from kioskvoice.config import InteractionSettings
 from kioskvoice.sim.voice import synthesize
+from kioskvoice.wavio import write_wav
 
 WAV_HEADER = 44
 OUT_RATE = 24000

@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 
 from .app import App
-from .audio.wavio import write_wav
 from .config import (
     AudioSettings,
     ControlSettings,
@@ -28,6 +27,7 @@ from .events import State
 from .sim import Simulator
 from .sim.voice import synthesize
 from .system.logging import setup_logging
+from .wavio import write_wav
 
 QUESTION = "Hello! What time does the museum open today?"
 BUTTON_PIN = 17

@@ -24,11 +24,11 @@ from gpiozero.pins.mock import MockFactory
 
 from harness import BUTTON_PIN, Running, kiosk_settings
 from kioskvoice.app import App
-from kioskvoice.audio.wavio import write_wav
 from kioskvoice.events import State
 from kioskvoice.sim import Simulator
 from kioskvoice.sim.voice import synthesize
 from kioskvoice.system.logging import setup_logging
+from kioskvoice.wavio import write_wav
 
 KEY = "bench-key-000000"
 

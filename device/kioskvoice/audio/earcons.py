@@ -13,7 +13,7 @@ from pathlib import Path
 from ..config import InteractionSettings
 from ..dsp.resample import resample_all
 from ..errors import AudioDeviceError, ConfigError
-from .wavio import read_wav
+from ..wavio import read_wav
 
 NAMES = (
     "listening",

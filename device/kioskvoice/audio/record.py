@@ -26,8 +26,8 @@ import numpy as np
 from ..dsp.align import ReferenceFifo
 from ..dsp.resample import Resampler, resample_all
 from ..errors import AudioDeviceError, ConfigError
+from ..wavio import WavWriter, read_wav
 from .player import SOURCE_RATE, Player
-from .wavio import WavWriter, read_wav
 
 __all__ = ["Recorder", "add_parser", "add_parsers", "run_record"]
 

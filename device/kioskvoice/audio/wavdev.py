@@ -12,8 +12,8 @@ from pathlib import Path
 
 from ..dsp.resample import resample_all
 from ..errors import AudioDeviceError
+from ..wavio import WavWriter, read_wav
 from .player import Player
-from .wavio import WavWriter, read_wav
 
 log = logging.getLogger(__name__)
 

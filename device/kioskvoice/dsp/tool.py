@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from ..audio.wavio import read_wav, write_wav
 from ..errors import KioskError
+from ..wavio import read_wav, write_wav
 from .chain import MODEL_RATE, CaptureChain, DspOptions
 from .measures import active_blocks, erle_db
 

@@ -24,7 +24,7 @@ def check_mic(rig: Rig) -> CheckResult:
     a = rig.settings.audio
     name = "mic"
     if a.input_device.startswith(WAV_PREFIX):
-        from ..audio.wavio import read_wav
+        from ..wavio import read_wav
 
         path = Path(a.input_device[len(WAV_PREFIX) :]).expanduser()
         try:

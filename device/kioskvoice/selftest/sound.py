@@ -33,7 +33,7 @@ def _capture(rig: Rig, seconds: float, play: bytes | None = None) -> _Take:
     from ..audio.player import Player
     from ..audio.record import Recorder
     from ..audio.resilient import ResilientAudio
-    from ..audio.wavio import read_wav
+    from ..wavio import read_wav
 
     a = rig.settings.audio
     audio = ResilientAudio(
@@ -116,8 +116,8 @@ def speech_sample() -> bytes:
     """About 8 s of the kiosk's own spoken messages at 24 kHz mono PCM16: the echo test's
     far end (long enough for the delay search and 2 s of convergence)."""
     from ..audio.player import SOURCE_RATE
-    from ..audio.wavio import read_wav
     from ..dsp.resample import resample_all
+    from ..wavio import read_wav
 
     pcm = b""
     for name in ("error.wav", "offline.wav"):

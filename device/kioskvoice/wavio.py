@@ -11,7 +11,7 @@ import threading
 import wave
 from pathlib import Path
 
-from ..errors import AudioDeviceError
+from .errors import AudioDeviceError
 
 _HEADER = struct.Struct("<4sI4s4sIHHIIHH4sI")
 
