@@ -18,8 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jsonschema import Draft202012Validator
-
 from .config import ToolSettings
 from .errors import ConfigError
 from .system.logging import log_event
@@ -74,7 +72,11 @@ class ToolRunner:
     ) -> None:
         self.tools = {tool.name: tool for tool in tools}
         self._transcripts = transcripts
-        self._validators = {t.name: Draft202012Validator(t.parameters) for t in tools}
+        self._validators: dict[str, Any] = {}
+        if tools:  # jsonschema and its dependencies are megabytes a kiosk without tools skips
+            from jsonschema import Draft202012Validator
+
+            self._validators = {t.name: Draft202012Validator(t.parameters) for t in tools}
         directory = credentials_dir or os.environ.get("CREDENTIALS_DIRECTORY")
         self._secret_headers: dict[str, dict[str, str]] = {}
         for index, tool in enumerate(tools):
