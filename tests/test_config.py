@@ -198,3 +198,40 @@ def test_a_section_wide_check_never_echoes_the_section(tmp_path) -> None:
 def test_the_removed_long_press_is_accepted_and_ignored(tmp_path) -> None:
     path = write(tmp_path, "[interaction]\nlong_press_s = 5\n")
     assert load_config(path).interaction.long_press_s == 5
+
+
+def test_a_config_that_is_not_utf8_is_one_line_and_78(tmp_path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b'[realtime]\nmodel = "caf\xe9"\n' + bytes(range(128, 256)))
+    result = run_cli("check-config", "--config", str(bad))
+    assert result.returncode == 78
+    assert result.stderr.strip().splitlines() == [
+        f"kioskvoice: config error: {bad}: not UTF-8 text (byte 23); save it as UTF-8"
+    ]
+
+
+def test_a_deeply_nested_config_is_one_line_and_78(tmp_path) -> None:
+    deep = write(tmp_path, "x = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    result = run_cli("check-config", "--config", str(deep))
+    assert result.returncode == 78 and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("wss://api.openai.com/v1/realtime", True),
+        ("ws://127.0.0.1:8765/v1/realtime", True),
+        ("ws://localhost:8765/v1/realtime", True),
+        ("ws://[::1]:8765/v1/realtime", True),
+        ("ws://api.openai.com/v1/realtime", False),  # the key would travel in the clear
+        ("ws://127.0.0.1.example.org/v1/realtime", False),
+        ("https://api.openai.com/v1/realtime", False),
+    ],
+)
+def test_realtime_url_is_encrypted_unless_loopback(tmp_path, url: str, ok: bool) -> None:
+    path = write(tmp_path, f'[realtime]\nurl = "{url}"\n')
+    if ok:
+        assert load_config(path).realtime.url == url
+    else:
+        with pytest.raises(ConfigError, match=r"realtime.url: must start with wss://"):
+            load_config(path)

@@ -25,6 +25,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config error: {path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config error: {path}: not UTF-8 text (byte {exc.start}); save it as UTF-8"
+        ) from None
+    except RecursionError:
+        raise ConfigError(f"config error: {path}: invalid TOML: nested too deeply") from None
     except OSError as exc:
         raise ConfigError(f"config error: {path}: cannot read: {exc.strerror}") from None
 

@@ -70,9 +70,12 @@ class RealtimeSettings(_Section):
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        if not value.startswith(("wss://", "ws://")):
-            raise ValueError("must start with wss:// (or ws:// for a local simulator)")
-        return value
+        # ws:// would send the key, or the short-lived secret, in the clear: loopback only.
+        if value.startswith("wss://") or (
+            value.startswith("ws://") and urlsplit(value).hostname in _LOOPBACK
+        ):
+            return value
+        raise ValueError("must start with wss:// (ws:// only to loopback, for a simulator)")
 
     @field_validator("token_url")
     @classmethod
@@ -274,10 +277,12 @@ class LoggingSettings(_Section):
     """Log what visitors and the kiosk said. Off by default: visitors' privacy."""
 
 
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
 def _loopback_or_https(value: str) -> str:
-    host = urlsplit(value).hostname or ""
     if value.startswith("https://") or (
-        value.startswith("http://") and host in ("127.0.0.1", "localhost", "::1")
+        value.startswith("http://") and urlsplit(value).hostname in _LOOPBACK
     ):
         return value
     raise ValueError("must start with https:// (http:// only to loopback)")

@@ -101,6 +101,8 @@ def read_file(path: Path) -> tuple[str, dict[str, Any]]:
         return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ProvisionError(path, [Problem("(file)", f"invalid TOML: {exc}")]) from None
+    except RecursionError:
+        raise ProvisionError(path, [Problem("(file)", "invalid TOML: nested too deeply")]) from None
 
 
 def plan(data: Mapping[str, Any], paths: Paths, text: str | None = None) -> Plan:
