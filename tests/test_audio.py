@@ -444,3 +444,39 @@ def test_record_command_writes_channels_and_reference(
     assert np.abs(reference).max() > 6000  # the played tone, as the chain's reference
     parsed = parser.parse_args(["dsp", "--mic", "m", "--ref", "r", "--out", "o"])
     assert callable(parsed.handler)
+
+
+@pytest.mark.parametrize("out_rate", [24000, 16000, 48000])
+def test_reply_audio_in_odd_chunks_plays_sample_aligned(out_rate: int) -> None:
+    # A delta of odd length used to raise inside the link's reader (np.frombuffer) and drop
+    # the session; at 24 kHz it shifted every later sample by a byte.
+    pcm = tone(0.5, 24000).tobytes()
+    whole = Player(out_rate, out_rate // 50, prebuffer_ms=0)
+    whole.feed("a", pcm)
+    whole.finish()
+    odd = Player(out_rate, out_rate // 50, prebuffer_ms=0)
+    for start in range(0, len(pcm), 777):
+        assert odd.feed("a", pcm[start : start + 777])
+    odd.finish()
+
+    def drain(player: Player) -> bytes:
+        out = b""
+        while (block := player.pull()) is not None:
+            out += block
+        return out
+
+    assert drain(odd) == drain(whole)
+
+
+def test_the_player_holds_at_most_max_queued_s(monkeypatch) -> None:
+    from kioskvoice.audio import player as player_module
+
+    monkeypatch.setattr(player_module, "MAX_QUEUED_S", 1.0)
+    player = Player(24000, 480, prebuffer_ms=0)
+    second = tone(1.0, 24000).tobytes()
+    assert player.feed("a", second[:24000])
+    assert not player.feed("a", second)  # only the half that fits is kept
+    assert player.dropped_bytes == 24000
+    assert not player.feed("a", second)
+    player.flush()
+    assert player.feed("b", second[:2000])

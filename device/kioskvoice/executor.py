@@ -76,6 +76,7 @@ class Executor:
         self.conversation_dirty = False  # something a new visitor must not meet
         self.last_press = loop.time()
         self._released_at: float | None = None
+        self._overflowed: str | None = None
 
     def handle(self, event: Any) -> None:
         """Drive the state machine with one of its events and carry out what it asks."""
@@ -147,7 +148,15 @@ class Executor:
                 if self.feedback.stop_thinking():
                     player.flush()  # the answer, not the rest of a chime
                 self._reply_started(now)
-                player.feed(item_id, pcm)
+                if not player.feed(item_id, pcm) and item_id != self._overflowed:
+                    self._overflowed = item_id  # one record per reply, not per delta
+                    log_event(
+                        log,
+                        logging.WARNING,
+                        "playback_overflow",
+                        "reply audio dropped: the player already holds its maximum",
+                        turn=self.turns,
+                    )
             case Interrupt(response_id=response_id, item_id=item_id, cancel=cancel):
                 self._tools.moved_on()
                 self.feedback.stop_thinking()

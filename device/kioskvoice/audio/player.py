@@ -20,6 +20,10 @@ from ..dsp.resample import Resampler
 
 SOURCE_RATE = 24000
 _KEEP_ITEMS = 32
+MAX_QUEUED_S = 180.0
+"""Most audio the player holds: a reply streams in faster than real time, but a server (or
+anything posing as one) that never stops must not fill a 512 MB Pi. Beyond it, audio is
+dropped and counted."""
 
 
 class Limiter:
@@ -81,31 +85,48 @@ class Player:
         self._segments: deque[list] = deque()  # [item_id, bytes not yet played]
         self._played: OrderedDict[str, int] = OrderedDict()  # item_id -> samples played
         self._feed_item: str | None = None
+        self._carry = b""  # an odd byte of the current item, waiting for its pair
+        self._max_bytes = int(2 * out_rate * MAX_QUEUED_S)
+        self.dropped_bytes = 0
+        """Audio refused because :data:`MAX_QUEUED_S` was queued already."""
         self._resampler = Resampler(SOURCE_RATE, out_rate)
         self._starting = True
         self._waited = 0
         self.blocks_played = 0
         self.limiter = Limiter(out_rate, ceiling_dbfs=ceiling_dbfs)
 
-    def feed(self, item_id: str, pcm: bytes) -> None:
-        """Queue 24 kHz PCM16 mono for ``item_id``."""
+    def feed(self, item_id: str, pcm: bytes) -> bool:
+        """Queue 24 kHz PCM16 mono for ``item_id``; False when some of it was dropped because
+        the queue is full. Chunks of any length, odd ones included, join up sample-aligned."""
         if item_id != self._feed_item:
             self.finish()
             self._feed_item = item_id
             self._resampler = Resampler(SOURCE_RATE, self.out_rate)
-        self._queue(item_id, self._resampler.process(pcm))
+        pcm = self._carry + pcm
+        cut = len(pcm) - len(pcm) % 2
+        pcm, self._carry = pcm[:cut], pcm[cut:]
+        return self._queue(item_id, self._resampler.process(pcm))
 
     def finish(self) -> None:
         """The current item has no more audio: queue what the resampler still holds."""
         if self._feed_item is not None:
             self._queue(self._feed_item, self._resampler.process(b"", last=True))
             self._feed_item = None
+        self._carry = b""
 
-    def _queue(self, item_id: str, data: bytes) -> None:
+    def _queue(self, item_id: str, data: bytes) -> bool:
         data = data[: len(data) - len(data) % 2]
         if not data:
-            return
+            return True
         with self._lock:
+            room = max(0, self._max_bytes - len(self._buf))
+            room -= room % 2
+            complete = len(data) <= room
+            if not complete:
+                self.dropped_bytes += len(data) - room
+                data = data[:room]
+                if not data:
+                    return False
             self._buf += data
             if self._segments and self._segments[-1][0] == item_id:
                 self._segments[-1][1] += len(data)
@@ -114,6 +135,7 @@ class Player:
             self._played.setdefault(item_id, 0)
             while len(self._played) > _KEEP_ITEMS:
                 self._played.popitem(last=False)
+        return complete
 
     def pull(self) -> bytes | None:
         """The next block for the device, or None when there is nothing to play (the device
@@ -155,6 +177,7 @@ class Player:
             self._starting = True
             self._waited = 0
         self._feed_item = None
+        self._carry = b""
 
     def played_ms(self, item_id: str) -> int:
         """Milliseconds of ``item_id`` handed to the device so far."""
