@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kioskvoice.errors import ControlError
-from kioskvoice.system.control import ControlServer
+from kioskvoice.system.control import MAX_CLIENTS, ControlServer
 from kioskvoice.system.control_client import request
 from kioskvoice.system.logging import REDACTOR, log_event, setup_logging
 
@@ -69,6 +69,37 @@ async def test_malformed_requests_get_an_error_reply(tmp_path: Path) -> None:
         writer.close()
     finally:
         await server.close()
+
+
+async def test_nested_json_and_a_crowd_of_clients_are_refused_cleanly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "control.sock"
+    server = ControlServer(path, lambda cmd: {"state": "idle"})
+    await server.start()
+    clients = []
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(path), limit=2**20)
+        writer.write(b"[" * 60_000 + b"\n")  # under MAX_LINE, far over the parser's depth
+        line = await asyncio.wait_for(reader.readline(), 5)
+        assert b'"ok": false' in line
+        writer.write(b'{"cmd": "status"}\n')  # the same connection still works
+        assert b'"ok": true' in await asyncio.wait_for(reader.readline(), 5)
+        clients.append(writer)
+        for _ in range(MAX_CLIENTS - 1):
+            clients.append((await asyncio.open_unix_connection(str(path)))[1])
+        late_reader, late_writer = await asyncio.open_unix_connection(str(path))
+        clients.append(late_writer)
+        busy = await asyncio.wait_for(late_reader.readline(), 5)
+        assert b"busy" in busy and await late_reader.read() == b""
+        clients.pop(1).close()  # one of the eight leaves: room again
+        await asyncio.sleep(0.1)
+        assert (await asyncio.to_thread(request, path, "status"))["ok"]
+    finally:
+        for writer in clients:
+            writer.close()
+        await server.close()
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
 
 
 def test_request_without_daemon(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from .control_client import MAX_LINE
 log = logging.getLogger(__name__)
 
 COMMANDS = ("status", "press", "release", "reset")
+MAX_CLIENTS = 8  # ctl, diag and a watcher or two; more is a runaway script or an attack
 
 
 class ControlServer:
@@ -35,6 +36,7 @@ class ControlServer:
         self._handler = handler
         self._timeout_s = timeout_s
         self._server: asyncio.base_events.Server | None = None
+        self._clients = 0
 
     async def start(self) -> None:
         """Bind the socket. A stale socket file is replaced; a live one is an error."""
@@ -59,6 +61,12 @@ class ControlServer:
             self.path.unlink()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._clients >= MAX_CLIENTS:
+            writer.write(b'{"ok": false, "error": "busy: too many control connections"}\n')
+            with contextlib.suppress(ConnectionError):
+                writer.close()
+            return
+        self._clients += 1
         try:
             while True:
                 async with asyncio.timeout(self._timeout_s * 12):
@@ -71,13 +79,14 @@ class ControlServer:
         except (TimeoutError, ConnectionError, ValueError):
             pass  # idle, vanished or oversized client: just hang up
         finally:
+            self._clients -= 1
             writer.close()
 
     def _answer(self, line: bytes) -> dict[str, Any]:
         try:
             request = json.loads(line)
             cmd = request["cmd"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # nesting: a hostile line
             return {"ok": False, "error": 'expected {"cmd": "status|press|release|reset"}'}
         if cmd not in COMMANDS:
             return {"ok": False, "error": f"unknown command {cmd!r}"}
