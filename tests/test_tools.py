@@ -62,6 +62,7 @@ class Endpoint:
             await asyncio.sleep(3)
         status, payload = {
             "/fail": (500, b'{"oops": true}'),
+            "/moved": (302, b""),
             "/big": (200, b"x" * 10_000),
         }.get(path, (200, b'{"open": "9:00-17:00"}'))
         head = f"HTTP/1.1 {status} X\r\nContent-Length: {len(payload)}\r\nConnection: close\r\n"
@@ -120,6 +121,8 @@ async def test_a_tool_call_reaches_the_endpoint_and_the_reply_is_played(
         ("/fail", '{"day": "monday"}', "http_500", "HTTP 500"),
         ("/slow", '{"day": "monday"}', "timeout", "no answer within 0.5 s"),
         ("/big", '{"day": "monday"}', "too_large", "longer than 4096 bytes"),
+        # A redirect is not followed (secret headers would go along) and is no success.
+        ("/moved", '{"day": "monday"}', "http_302", "HTTP 302"),
     ],
 )
 async def test_failures_become_short_errors_for_the_model(
@@ -135,6 +138,24 @@ async def test_failures_become_short_errors_for_the_model(
     [record] = [r for r in caplog.records if getattr(r, "KIOSKVOICE_EVENT", None) == "tool_call"]
     assert outcome == record.KIOSKVOICE_OUTCOME
     assert "sunday" not in record.getMessage()  # arguments only with transcripts on
+
+
+async def test_the_model_cannot_override_a_get_tools_fixed_query() -> None:
+    schema = {"type": "object", "properties": {"day": {"type": "string"}, "store": {}}}
+    async with Endpoint() as endpoint, httpx.AsyncClient() as client:
+        lobby = ToolSettings(
+            name="get_hours",
+            description="Opening hours of the lobby store",
+            parameters=schema,
+            url=endpoint.url("/hours?store=lobby"),
+            method="GET",
+        )
+        output = await ToolRunner([lobby]).call(
+            "get_hours", '{"day": "monday", "store": "other"}', client
+        )
+    assert json.loads(output) == {"open": "9:00-17:00"}
+    [(path, _, _)] = endpoint.requests
+    assert "store=lobby" in path and "store=other" not in path and "day=monday" in path
 
 
 async def test_secret_headers_come_from_credentials(tmp_path) -> None:

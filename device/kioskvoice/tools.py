@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlsplit
 
 from .config import ToolSettings
 from .errors import ConfigError
@@ -145,11 +146,16 @@ class ToolRunner:
         import httpx
 
         try:
+            params = None
+            if tool.method == "GET":
+                # The operator's own query parameters win: the model may add, never change.
+                fixed = dict(parse_qsl(urlsplit(tool.url).query, keep_blank_values=True))
+                params = {**(args if isinstance(args, dict) else {}), **fixed}
             request = client.build_request(
                 tool.method,
                 tool.url,
                 headers=headers,
-                params=args if tool.method == "GET" else None,
+                params=params,
                 json=args if tool.method == "POST" else None,
                 timeout=tool.timeout_s,
             )
@@ -168,7 +174,7 @@ class ToolRunner:
             return "timeout", _error(f"no answer within {tool.timeout_s:g} s")
         except httpx.HTTPError as exc:
             return "unreachable", _error(f"the service is unreachable ({type(exc).__name__})")
-        if response.status_code >= 400:
+        if response.status_code >= 300:  # redirects are not followed: not an answer
             return f"http_{response.status_code}", _error(
                 f"the service answered HTTP {response.status_code}"
             )
