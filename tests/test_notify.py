@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import test_e2e
+from kioskvoice.audio.resilient import STALL_S
 from kioskvoice.jobs import PROGRESS_STALL_S
 from kioskvoice.system.notify import Notifier
 from test_e2e import cli, start_daemon
@@ -254,8 +255,10 @@ async def test_capture_stall_withholds_the_watchdog(
         feeder.flowing.clear()  # PortAudio's read now blocks in the ALSA plugin
         stalled = time.monotonic()
         # Lost after 1.5 s without frames; the wedged read then blocks recovery too, so
-        # progress stops and the watchdog is withheld after PROGRESS_STALL_S more.
-        withheld_by = 1.5 + PROGRESS_STALL_S + 0.5
+        # progress stops and the watchdog is withheld after PROGRESS_STALL_S more: the
+        # 6.5 s the README and the catalog promise (plus one ping interval of slack).
+        assert STALL_S + PROGRESS_STALL_S == 6.5
+        withheld_by = 6.5 + WATCHDOG_USEC / 2e6
         await asyncio.sleep(withheld_by + 2.0)
         late = listener.times("WATCHDOG=1", after=stalled + withheld_by)
         assert late == [], "the watchdog was petted while capture was wedged"

@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 
 LostCallback = Callable[[str], None]
 
+STALL_S = 1.5
+"""No captured block (or playback callback) this long means the device is lost."""
+
 
 class _Session:
     """The devices of one opening: a duplex stream, or an input and an output; and the
@@ -111,7 +114,7 @@ class ResilientAudio:
         frame_ms: int,
         on_lost: LostCallback | None = None,
         on_back: Callable[[], None] | None = None,
-        stall_s: float = 1.5,
+        stall_s: float = STALL_S,
         retry_s: float = 1.0,
         poll_s: float = 0.1,
         duplex: bool = True,

@@ -158,8 +158,10 @@ An audio device that was lost is working again; the kiosk resumes.
         "60a2e7d37ed244908ba54a142a0e4e72",
         "Audio capture stalled; the watchdog is withheld",
         """
-No audio has come from the microphone for two seconds: the capture stream is wedged (PortAudio
-can hang instead of failing when a USB device goes away). The kiosk stops answering systemd's
+Audio made no progress for 5 s: no block came from the microphone and no attempt to re-open
+it completed, at most 6.5 s after the last block (1.5 s to call the device lost, then 5 s).
+The capture stream is wedged (PortAudio can hang instead of failing when a USB device goes
+away). The kiosk stops answering systemd's
 watchdog, so systemd kills and restarts it once WatchdogSec (30 s) has passed. If this repeats,
 check the USB cable, the hub and the power supply (dmesg).
 """,
