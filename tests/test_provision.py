@@ -326,6 +326,43 @@ def test_an_invalid_file_applies_nothing_exits_78_and_names_every_bad_key(tree: 
         assert API_KEY not in text and "short" not in text.replace("shorter", "")
 
 
+def test_an_invalid_file_says_loudly_which_secrets_stay_in_plain_text(tree: Paths) -> None:
+    tree.source.write_text(INVALID)
+    assert run(tree).returncode == 78
+    status = tree.status.read_text()
+    assert (
+        "WARNING: kioskvoice.toml holds realtime.api_key, network.wifi_passphrase in plain text"
+        in status
+    )
+    assert "readable by anyone with the SD card" in status and API_KEY not in status
+
+
+def test_a_symlinked_ssh_directory_is_refused(tree: Paths, tmp_path: Path) -> None:
+    # The admin owns their home: a .ssh pointing elsewhere must not make root write there.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tree.root / "home/admin").mkdir(parents=True)
+    (tree.root / "home/admin/.ssh").symlink_to(elsewhere)
+    tree.source.write_text(VALID)
+    result = run(tree)
+    assert result.returncode == 1
+    assert "is not a plain directory (a symbolic link?)" in tree.status.read_text()
+    assert list(elsewhere.iterdir()) == []
+    assert tree.source.exists()  # tried again at the next boot
+
+
+def test_a_plain_tools_header_may_not_carry_a_credential(tree: Paths) -> None:
+    tree.source.write_text(
+        VALID
+        + '[[tools]]\nname = "hours"\ndescription = "Opening hours"\n'
+        + 'url = "https://example.org/hours"\nheaders = { Authorization = "Bearer abc123secret" }\n'
+    )
+    result = run(tree)
+    assert result.returncode == 78
+    assert "tools.0.headers: Authorization carries a credential" in tree.status.read_text()
+    assert "abc123secret" not in tree.status.read_text() + result.stderr
+
+
 def test_a_file_that_is_not_toml_is_named_as_such(tree: Paths) -> None:
     tree.source.write_text('[realtime]\napi_key = "unterminated\n')
     result = run(tree)

@@ -289,6 +289,9 @@ def _loopback_or_https(value: str) -> str:
 
 
 RESERVED_TOOLS = frozenset({"end_conversation"})
+_SECRET_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "x-api-key", "api-key", "x-auth-token"}
+)
 
 
 class ToolSettings(_Section):
@@ -317,6 +320,19 @@ class ToolSettings(_Section):
     @classmethod
     def _check_url(cls, value: str) -> str:
         return _loopback_or_https(value)
+
+    @field_validator("headers")
+    @classmethod
+    def _no_secret_in_plain_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        # Plain headers are shown by check-config and copied into the config file as they
+        # are; a credential there would sit readable on the SD card.
+        for name in value:
+            if name.lower() in _SECRET_HEADERS:
+                raise ValueError(
+                    f"{name} carries a credential: put it in secret_headers (a systemd "
+                    "credential), not headers"
+                )
+        return value
 
     @field_validator("name")
     @classmethod

@@ -32,16 +32,17 @@ import contextlib
 import json
 import sys
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..config import secret_keys
 from .applying import apply
 from .credentials import CredentialStore, open_store
 from .files import _mkdir, _shred, write_file
 from .planning import plan, read_file
 from .problems import ApplyError, ProvisionError
-from .redaction import Redactor, _secret_values
+from .redaction import WIFI_SECRET, Redactor, _secret_values
 from .target import APPLIED_NAME, BOOT_DIR, FAILED_MARKER, Paths
 
 EX_OK = 0
@@ -58,6 +59,7 @@ def provision(paths: Paths, store: CredentialStore | None = None) -> tuple[int, 
     if not paths.source.exists():
         return EX_OK, [f"nothing to do: no {paths.source}"]
     redact = Redactor(())
+    data: dict[str, Any] = {}
     try:
         text, data = read_file(paths.source)
         redact = Redactor(_secret_values(data))
@@ -69,6 +71,7 @@ def provision(paths: Paths, store: CredentialStore | None = None) -> tuple[int, 
             "nothing was changed.",
             *(f"  {p}" for p in exc.problems),
             f"Fix {paths.source.name} on the boot partition and restart the kiosk.",
+            *_plaintext_warning(paths, data),
         ]
         _write_status(paths, lines, redact)
         marker = paths.at(FAILED_MARKER)
@@ -102,6 +105,23 @@ def provision(paths: Paths, store: CredentialStore | None = None) -> tuple[int, 
     ]
     _write_status(paths, lines, redact)
     return EX_OK, [redact(line) for line in lines]
+
+
+def _plaintext_warning(paths: Paths, data: Mapping[str, Any]) -> list[str]:
+    """Lines saying which secrets an unapplied file leaves readable on the boot partition:
+    nothing moves them into the credential store until the file is valid."""
+    held = [
+        f"{section}.{key}"
+        for section, key in (*secret_keys(), WIFI_SECRET)
+        if isinstance(data.get(section), Mapping) and data[section].get(key)
+    ]
+    if not held:
+        return []
+    return [
+        f"WARNING: {paths.source.name} holds {', '.join(held)} in plain text. They stay on the",
+        "boot partition, readable by anyone with the SD card, until the file is fixed (and",
+        "applied) or deleted.",
+    ]
 
 
 def _write_status(paths: Paths, lines: Sequence[str], redact: Redactor) -> None:

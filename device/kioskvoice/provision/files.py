@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 from pathlib import Path
 
 
@@ -33,8 +34,30 @@ def write_file(
     """Atomically replace ``path``: written to a temporary file that has its final mode and
     owner before the first byte, fsynced, renamed over. ``mode``/``owner`` None (FAT) keep
     what the file system gives."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode or 0o644)
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        write_file_at(fd, path.name, data, mode, owner)
+    finally:
+        os.close(fd)
+
+
+def write_file_at(
+    dir_fd: int,
+    name: str,
+    data: bytes,
+    mode: int | None = 0o644,
+    owner: tuple[int, int] | None = (0, 0),
+) -> None:
+    """:func:`write_file` inside the open directory ``dir_fd``.
+
+    Provisioning runs as root, sometimes in directories an unprivileged user controls (their
+    ``.ssh``): the temporary name is unpredictable and created exclusively without following
+    links, so nobody can plant a link there in advance and make root write through it; the
+    rename replaces ``name`` itself, even when it is a link.
+    """
+    tmp = f".{name}.{secrets.token_hex(8)}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, mode or 0o644, dir_fd=dir_fd)
     try:
         if mode is not None:
             os.fchmod(fd, mode)
@@ -46,11 +69,13 @@ def write_file(
         os.fsync(fd)
     except BaseException:
         os.close(fd)
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
         raise
     os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    with contextlib.suppress(OSError):
+        os.fsync(dir_fd)
 
 
 def _fsync_dir(path: Path) -> None:
