@@ -108,6 +108,15 @@ def test_security_exposure_is_at_most_2() -> None:
     assert float(match.group(1)) <= 2.0, result.stdout
 
 
+def test_the_provisioning_unit_is_sandboxed() -> None:
+    _need("systemd-analyze")
+    unit = SYSTEMD / "kioskvoice-provision.service"
+    result = _run("systemd-analyze", "security", "--offline=yes", unit)
+    match = re.search(r"exposure level for kioskvoice-provision\.service: (\d+\.\d)", result.stdout)
+    assert match, result.stdout[-500:]
+    assert float(match.group(1)) < 5.0, result.stdout
+
+
 def test_unit_has_what_the_issue_asks_for() -> None:
     def one(key: str, section: str = "Service") -> str:
         found = values(UNIT, key, section)
@@ -477,6 +486,55 @@ def booted(tmp_path: Path, sim, speech_wav: Path) -> Iterator[NamespacedSystemd]
         yield system
     finally:
         system.stop()
+
+
+PROVISION_FILE = """\
+[realtime]
+api_key = "sk-provision-under-systemd-0123456789SECRET"
+[audio]
+input_device = "wav:/run/kvtest/speech.wav"
+[network]
+hostname = "kiosk-sandboxed"
+wifi_ssid = "Museum Staff"
+wifi_passphrase = "correct horse battery staple 42"
+wifi_country = "GB"
+"""
+
+
+async def test_the_sandboxed_provisioning_unit_applies_a_file(booted: NamespacedSystemd) -> None:
+    async def ns(*args: str) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(booted.run, *args)
+
+    key = "sk-provision-under-systemd-0123456789SECRET"
+    # A boot partition of the namespace's own (the host's /boot is left alone).
+    setup = (
+        "mount -t tmpfs tmpfs /boot && mkdir -p /boot/firmware && "
+        f"printf '%s' '{PROVISION_FILE}' > /boot/firmware/kioskvoice.toml && "
+        "mkdir -p /run/systemd/system/kioskvoice-provision.service.d && "
+        "printf '%s\\n' '[Unit]' 'DefaultDependencies=no' 'After=systemd-journald.socket' "
+        "'[Service]' 'ExecStart=' "
+        f"'ExecStart={' '.join(KV_IN_NS[2:])} provision' "
+        f"'Environment={KV_IN_NS[1]}' "
+        "> /run/systemd/system/kioskvoice-provision.service.d/test.conf && "
+        "systemctl daemon-reload"
+    )
+    assert (await ns("sh", "-c", setup)).returncode == 0
+    started = await ns("systemctl", "start", "kioskvoice-provision")
+    journal = (await ns("journalctl", "-u", "kioskvoice-provision", "--no-pager")).stdout
+    assert started.returncode == 0, journal
+    assert booted.show("kioskvoice-provision", "Result")["Result"] == "success"
+    status = (await ns("cat", "/boot/firmware/kioskvoice-status.txt")).stdout
+    assert "applied kioskvoice.toml" in status, status
+    assert (await ns("test", "-e", "/boot/firmware/kioskvoice.toml")).returncode != 0
+    config = (await ns("cat", "/etc/kioskvoice/kioskvoice.toml")).stdout
+    assert "ReSpeaker" not in config and "speech.wav" in config
+    stored = await ns("sh", "-c", "ls /etc/credstore*/realtime.api_key")
+    assert stored.returncode == 0, stored.stderr
+    wifi = await ns("ls", "/etc/NetworkManager/system-connections")
+    assert "kioskvoice-wifi.nmconnection" in wifi.stdout
+    assert (await ns("cat", "/etc/hostname")).stdout == "kiosk-sandboxed\n"
+    everything = (await ns("journalctl", "-o", "json", "--no-pager")).stdout + status + config
+    assert key not in everything
 
 
 async def test_the_hardened_unit_runs_under_systemd(booted: NamespacedSystemd, sim) -> None:
