@@ -9,13 +9,14 @@ APT_PACKAGES := portaudio19-dev libspeexdsp-dev libsystemd-dev swig pkg-config g
 	python3-dev python3-venv espeak-ng systemd-journal-remote libsoxr-dev shellcheck
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help system-deps venv demo test lint bench clean hw-test hw-test-sim image-check
+.PHONY: help system-deps venv demo test lint bench fuzz clean hw-test hw-test-sim image-check
 SHELL_SCRIPTS := image/install-into image/check image/build
 
 help:
 	@echo "make demo   - the whole kiosk against the embedded Realtime simulator (no network/hardware)"
 	@echo "make test   - install everything, then lint and run the test suite"
 	@echo "make bench  - print speed and quality figures"
+	@echo "make fuzz   - the property-based fuzz tests, for longer"
 	@echo "make hw-test - hardware tests on a kiosk (every test skips off-device, saying why)"
 	@echo "make image-check - install into an arm64 Debian rootfs under emulation (minutes, root)"
 
@@ -52,6 +53,10 @@ lint: venv
 test: lint
 	$(BIN)/pytest
 	$(MAKE) --no-print-directory hw-test-sim
+
+# The property-based fuzz tests with many more examples than make test gives them.
+fuzz: venv
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -p no:cacheprovider tests/test_fuzz.py
 
 # On a Pi: the suite of hw-tests/ against the real mic array, speaker, button and LEDs.
 hw-test: venv

@@ -9,12 +9,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from kioskvoice.sim import Simulator
 from kioskvoice.sim.voice import synthesize
 from kioskvoice.wavio import write_wav
 
 TEST_KEY = "sk-test-0123456789abcdefSECRET"
+
+# make test: a few hundred examples per property; make fuzz: many more. No deadline: this
+# machine (and CI) may be busy, and a slow example is not a failure.
+settings.register_profile(
+    "default", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "fuzz", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 # --- no secret in any test's output --------------------------------------------------------
 
