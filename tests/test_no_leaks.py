@@ -6,7 +6,7 @@ from pathlib import Path
 
 pytest_plugins = ["pytester"]
 
-PROBE = '''
+PROBE = """
 import logging
 from conftest import TEST_KEY, register_secret
 
@@ -23,7 +23,7 @@ def test_clean():
 
 def test_a_failing_diff_masks_the_key():
     assert TEST_KEY == "other"
-'''
+"""
 
 
 def test_the_guard_fails_leaks_and_masks_every_report(pytester) -> None:
