@@ -6,7 +6,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := portaudio19-dev libspeexdsp-dev libsystemd-dev swig pkg-config gcc \
-	python3-dev python3-venv espeak-ng systemd-journal-remote libsoxr-dev shellcheck
+	python3-dev python3-venv espeak-ng systemd-journal-remote libsoxr-dev shellcheck \
+	prometheus prometheus-node-exporter
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help system-deps venv demo test lint bench fuzz clean hw-test hw-test-sim image-check

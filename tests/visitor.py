@@ -72,6 +72,9 @@ class Kiosk:
     out: Path
     looks: list[tuple[float, str, str]] = field(default_factory=list)
     """(monotonic time, state, look), one entry per change."""
+    started_at: float = 0.0
+    """When the control socket appeared (monotonic): the wav: input starts then, so a test
+    can press during a known stretch of a looped input."""
     _watcher: asyncio.Task[None] | None = None
 
     async def ctl(self, cmd: str) -> dict[str, Any]:
@@ -181,7 +184,8 @@ async def start(sim, tmp_path: Path, input_wav: Path, **sections: dict[str, Any]
         while not sock.exists():
             if proc.returncode is not None:
                 raise AssertionError((await proc.communicate())[1].decode())
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.02)
+    kiosk.started_at = time.monotonic()
     await kiosk.until(state="idle", link="connected")
     kiosk._watcher = asyncio.create_task(kiosk._watch())
     return kiosk

@@ -39,6 +39,7 @@ from .realtime.protocol import Ignored, Malformed
 from .realtime.supervisor import Supervisor
 from .system.control import ControlServer
 from .system.logging import REDACTOR, log_event
+from .system.metrics import Metrics
 from .system.notify import Notifier
 from .tool_calls import ToolCalls
 from .tools import declarations
@@ -81,6 +82,7 @@ class App:
         self.ready = asyncio.Event()
         self.notifier = Notifier()
         self.feedback = Feedback(i)
+        self.metrics = Metrics()
         self._pin_factory = pin_factory
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -113,6 +115,8 @@ class App:
             tools=declarations(settings.tools),
         )
         REDACTOR.add(sup.credentials.values())
+        kiosk_log = logging.getLogger("kioskvoice")
+        kiosk_log.addHandler(self.metrics)  # counts the records: journal and metrics agree
         turn = self._turn = TurnAudio(
             sup,
             self.post,
@@ -192,6 +196,11 @@ class App:
                     tasks.create_task(self._pump(frames, turn), name="pump")
                     tasks.create_task(self._ticker(), name="ticker")
                     tasks.create_task(jobs.stats(frames, sup, self.status), name="stats")
+                    m = settings.metrics
+                    tasks.create_task(
+                        jobs.metrics(self.metrics, m.textfile_dir, m.interval_s, self.status),
+                        name="metrics",
+                    )
                     tasks.create_task(self._wait_stop(), name="stop")
             except* _Stop:
                 pass
@@ -207,6 +216,7 @@ class App:
             await tools.close()
             await self.feedback.close()
             log_event(log, logging.INFO, "stopped", "kiosk stopped")
+            kiosk_log.removeHandler(self.metrics)
 
     async def _wait_stop(self) -> None:
         await self._stop.wait()

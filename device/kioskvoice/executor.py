@@ -77,6 +77,7 @@ class Executor:
         self.last_press = loop.time()
         self._released_at: float | None = None
         self._overflowed: str | None = None
+        self._awaiting_playback: tuple[str, float] | None = None  # (item, first audio at)
 
     def handle(self, event: Any) -> None:
         """Drive the state machine with one of its events and carry out what it asks."""
@@ -100,9 +101,25 @@ class Executor:
             self._player.flush()
 
     def housekeep(self) -> None:
-        """Every tick: overdue transcripts, and the idle reset."""
+        """Every tick: overdue transcripts, the idle reset, and when the reply's first
+        sample went out (the player's thread notes it; the record is written here)."""
         now = self._loop.time()
         self._transcripts.tick(now)
+        if self._awaiting_playback is not None:
+            item_id, arrived = self._awaiting_playback
+            started = self._player.started_at(item_id)
+            if started is not None or now - arrived > 10:
+                self._awaiting_playback = None
+            if started is not None:
+                latency_ms = max(0, int((started - arrived) * 1000))
+                log_event(
+                    log,
+                    logging.INFO,
+                    "playback_start",
+                    f"reply audible {latency_ms} ms after its first audio arrived",
+                    turn=self.turns,
+                    latency_ms=latency_ms,
+                )
         if (
             self.conversation_dirty
             and not self.kiosk.busy
@@ -147,7 +164,7 @@ class Executor:
                 turn.forget()  # answered: nothing left to send again
                 if self.feedback.stop_thinking():
                     player.flush()  # the answer, not the rest of a chime
-                self._reply_started(now)
+                self._reply_started(item_id, now)
                 if not player.feed(item_id, pcm) and item_id != self._overflowed:
                     self._overflowed = item_id  # one record per reply, not per delta
                     log_event(
@@ -176,9 +193,10 @@ class Executor:
             case StateChanged(old=old, new=new):
                 self._state_changed(old, new)
 
-    def _reply_started(self, now: float) -> None:
+    def _reply_started(self, item_id: str, now: float) -> None:
         if self._released_at is None:
             return
+        self._awaiting_playback = (item_id, now)
         latency_ms = int((now - self._released_at) * 1000)
         self._released_at = None
         log_event(

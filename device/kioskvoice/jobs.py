@@ -7,12 +7,14 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .audio.resilient import ResilientAudio
 from .audio.streams import FrameQueue
 from .realtime.supervisor import Supervisor
 from .system.logging import log_event
+from .system.metrics import Metrics, write_textfile
 from .system.notify import Notifier
 
 log = logging.getLogger(__name__)
@@ -74,3 +76,23 @@ async def stats(
                 dropped_appends=now[1],
             )
             last = now
+
+
+async def metrics(
+    collector: Metrics, directory: Path, interval_s: float, status: Callable[[], dict[str, Any]]
+) -> None:
+    """Write the metrics file every ``interval_s``; off (one record) when ``directory`` does
+    not exist, and one warning (not one per write) while it cannot be written."""
+    if not await asyncio.to_thread(directory.is_dir):
+        log.info("metrics off: %s does not exist (metrics.textfile_dir)", directory)
+        return
+    failing = False
+    while True:
+        try:
+            await asyncio.to_thread(write_textfile, directory, collector.render(status()))
+            failing = False
+        except OSError as exc:
+            if not failing:
+                log.warning("cannot write metrics into %s: %s", directory, exc.strerror or exc)
+            failing = True
+        await asyncio.sleep(interval_s)

@@ -12,6 +12,7 @@ canceller must get as its far-end reference.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict, deque
 
 import numpy as np
@@ -84,6 +85,7 @@ class Player:
         self._buf = bytearray()
         self._segments: deque[list] = deque()  # [item_id, bytes not yet played]
         self._played: OrderedDict[str, int] = OrderedDict()  # item_id -> samples played
+        self._started: OrderedDict[str, float] = OrderedDict()  # item_id -> first block out
         self._feed_item: str | None = None
         self._carry = b""  # an odd byte of the current item, waiting for its pair
         self._max_bytes = int(2 * out_rate * MAX_QUEUED_S)
@@ -163,6 +165,10 @@ class Player:
             segment = self._segments[0]
             take = min(nbytes, segment[1])
             if segment[0] in self._played:
+                if not self._played[segment[0]] and take:
+                    self._started[segment[0]] = time.monotonic()
+                    while len(self._started) > _KEEP_ITEMS:
+                        self._started.popitem(last=False)
                 self._played[segment[0]] += take // 2
             segment[1] -= take
             nbytes -= take
@@ -178,6 +184,11 @@ class Player:
             self._waited = 0
         self._feed_item = None
         self._carry = b""
+
+    def started_at(self, item_id: str) -> float | None:
+        """When the first block of ``item_id`` was handed to the device (monotonic), or None."""
+        with self._lock:
+            return self._started.get(item_id)
 
     def played_ms(self, item_id: str) -> int:
         """Milliseconds of ``item_id`` handed to the device so far."""

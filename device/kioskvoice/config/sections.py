@@ -266,6 +266,16 @@ class ControlSettings(_Section):
     """Unix socket path (created mode 0660)."""
 
 
+class MetricsSettings(_Section):
+    """Kiosk metrics for Prometheus, through node_exporter's textfile collector."""
+
+    textfile_dir: Path = Path("/var/lib/prometheus/node-exporter")
+    """node_exporter's ``--collector.textfile.directory`` (Debian's default here). The kiosk
+    writes ``kioskvoice.prom`` into it; when the directory does not exist, metrics are off."""
+    interval_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
+    """How often the file is rewritten."""
+
+
 class LoggingSettings(_Section):
     """Where and what to log."""
 

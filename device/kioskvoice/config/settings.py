@@ -13,6 +13,7 @@ from .sections import (
     GpioSettings,
     InteractionSettings,
     LoggingSettings,
+    MetricsSettings,
     RealtimeSettings,
     ToolSettings,
 )
@@ -39,6 +40,7 @@ class Settings(BaseSettings):
     gpio: GpioSettings = GpioSettings()
     control: ControlSettings = ControlSettings()
     logging: LoggingSettings = LoggingSettings()
+    metrics: MetricsSettings = MetricsSettings()
     tools: list[ToolSettings] = []
 
     @model_validator(mode="after")
