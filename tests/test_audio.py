@@ -480,3 +480,33 @@ def test_the_player_holds_at_most_max_queued_s(monkeypatch) -> None:
     assert not player.feed("a", second)
     player.flush()
     assert player.feed("b", second[:2000])
+
+
+def test_heard_is_what_left_the_speaker_not_what_was_handed_over() -> None:
+    player = Player(24000, 480, prebuffer_ms=0)
+    player.output_latency_s = 0.05  # the device holds 50 ms before the speaker
+    player.feed("a", tone(0.5, 24000).tobytes())
+    for _ in range(15):  # 300 ms handed to the device
+        player.pull()
+    assert player.played_ms("a") == 300 and player.heard_ms("a") == 250
+    fresh = Player(24000, 480, prebuffer_ms=0)
+    fresh.output_latency_s = 0.05
+    fresh.feed("b", tone(0.1, 24000).tobytes())
+    fresh.pull()
+    assert fresh.heard_ms("b") == 0  # never negative
+
+
+def test_the_audio_layer_tells_the_player_its_output_latency(alsa_home: Path) -> None:
+    from kioskvoice.audio.resilient import ResilientAudio
+
+    (alsa_home / "in.raw").write_bytes(bytes(64000))
+    for spec, positive in (("kiosk", True), (f"wav:{alsa_home / 'out.wav'}", False)):
+        audio = ResilientAudio("kiosk", spec, rate=16000, channels=1, frame_ms=20, duplex=False)
+        audio.open()
+        player = Player(audio.output_rate, audio.output_block_samples)
+        try:
+            audio.start(lambda block: None, player)
+            assert (player.output_latency_s > 0) is positive, (spec, player.output_latency_s)
+            assert player.output_latency_s < 1.0  # a real estimate, not garbage
+        finally:
+            audio.stop()

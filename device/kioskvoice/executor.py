@@ -181,7 +181,7 @@ class Executor:
                 if cancel:
                     self._send(Protocol.cancel, response_id)
                 if item_id is not None:
-                    self._send(Protocol.truncate, item_id, player.played_ms(item_id))
+                    self._send(Protocol.truncate, item_id, player.heard_ms(item_id))
                 self._send(Protocol.clear)
                 self._released_at = None
                 log_event(log, logging.INFO, "barge_in", "reply interrupted", turn=self.turns)

@@ -95,6 +95,8 @@ class Player:
         self._starting = True
         self._waited = 0
         self.blocks_played = 0
+        self.output_latency_s = 0.0
+        """How long a block handed to the device takes to be heard (set by the audio layer)."""
         self.limiter = Limiter(out_rate, ceiling_dbfs=ceiling_dbfs)
 
     def feed(self, item_id: str, pcm: bytes) -> bool:
@@ -189,6 +191,11 @@ class Player:
         """When the first block of ``item_id`` was handed to the device (monotonic), or None."""
         with self._lock:
             return self._started.get(item_id)
+
+    def heard_ms(self, item_id: str) -> int:
+        """Milliseconds of ``item_id`` that have left the speaker: handed to the device, less
+        the output latency (what ``conversation.item.truncate`` must say on barge-in)."""
+        return max(0, self.played_ms(item_id) - round(self.output_latency_s * 1000))
 
     def played_ms(self, item_id: str) -> int:
         """Milliseconds of ``item_id`` handed to the device so far."""

@@ -35,6 +35,17 @@ class _PortAudioStream:
     def stop(self) -> None:
         _close_stream(self._stream)
 
+    @property
+    def output_latency_s(self) -> float:
+        """PortAudio's estimate of the time from a played block's callback to the speaker
+        (0 for a capture stream, or when PortAudio cannot say)."""
+        if self._direction == "input":
+            return 0.0
+        try:
+            return max(0.0, float(self._stream.get_output_latency()))
+        except (OSError, ValueError, AttributeError):
+            return 0.0
+
 
 class PortAudioInput(_PortAudioStream):
     """A PortAudio capture stream found by name, delivering blocks from its callback thread."""

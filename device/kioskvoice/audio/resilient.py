@@ -44,6 +44,12 @@ class _Session:
     def output_rate(self) -> int:
         return self.duplex.rate if self.duplex is not None else self.speaker.rate
 
+    @property
+    def output_latency_s(self) -> float:
+        """From a block handed to the output stream to its sound leaving the speaker."""
+        stream = self.duplex if self.duplex is not None else self.speaker
+        return float(getattr(stream, "output_latency_s", 0.0))
+
     def start(self, on_block: BlockCallback, player: Player, on_played: BlockCallback) -> None:
         if self.duplex is not None:
             self.duplex.start(on_block, player, on_played)
@@ -242,6 +248,9 @@ class ResilientAudio:
                 on_played(block)
 
         assert self._player is not None
+        # What was handed to the device is not heard yet for this long: truncating a reply
+        # on barge-in counts only what left the speaker (each opening may differ).
+        self._player.output_latency_s = session.output_latency_s
         self._started_at = time.monotonic()
         session.start(deliver, self._player, played)
 

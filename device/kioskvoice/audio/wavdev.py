@@ -95,6 +95,8 @@ class WavInput:
 class WavOutput:
     """A WAV file as a speaker at 24 kHz: pulls a block every ``frame_ms`` in real time."""
 
+    output_latency_s = 0.0  # a block is "heard" when it is written
+
     def __init__(self, path: Path, *, frame_ms: int, rate: int = 24000) -> None:
         self.rate = rate
         self.path = path
