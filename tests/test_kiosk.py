@@ -201,6 +201,34 @@ def test_response_without_audio_returns_to_idle_and_failure_is_noticed() -> None
     assert kiosk.state is State.IDLE
 
 
+def test_a_reply_failing_for_quota_is_an_apology_and_the_error_state() -> None:
+    kiosk = online()
+    press(kiosk, 1.0)
+    kiosk.handle(Release(), 2.0)
+    kiosk.handle(ResponseStarted("resp_1"), 2.1)
+    done = ResponseDone("resp_1", "failed", "insufficient_quota", fatal=True)
+    actions = kiosk.handle(done, 2.2)
+    assert actions == [
+        Notice("reply_failed", "failed: insufficient_quota"),
+        StateChanged(State.THINKING, State.ERROR),
+    ]
+    # No turn can be served until the link is back (the supervisor ends the session and
+    # retries only every fatal_retry_s); the LinkFatal that follows changes nothing more.
+    assert press(kiosk, 3.0) == [Notice("unavailable", "error")]
+    assert kiosk.handle(LinkFatal("insufficient_quota", "x"), 3.1) == []
+    kiosk.handle(LinkUp("sess_2"), 300.0)
+    assert kiosk.state is State.IDLE
+
+
+def test_a_reply_failing_for_a_server_error_lets_the_next_turn_be_answered() -> None:
+    kiosk = online()
+    press(kiosk, 1.0)
+    kiosk.handle(Release(), 2.0)
+    kiosk.handle(ResponseDone("resp_1", "failed", "server_error"), 2.2)
+    assert kiosk.state is State.IDLE
+    speaking(kiosk, 3.0)
+
+
 def test_offline_turn_is_delivered_when_the_link_returns() -> None:
     kiosk = Kiosk(deliver_within_s=10)
     press(kiosk, 1.0)

@@ -13,6 +13,7 @@ from kioskvoice.realtime.link import auth_headers, session_url
 from kioskvoice.realtime.protocol import (
     FatalError,
     Ignored,
+    ItemAdded,
     Malformed,
     Protocol,
     SessionConfigured,
@@ -96,6 +97,58 @@ def test_parses_the_events_the_kiosk_needs(proto: Protocol) -> None:
             transcript="hello",
         )
     ) == [Transcript("user", "i0", "hello")]
+
+
+@pytest.mark.parametrize(
+    ("expires_at", "parsed"),
+    [
+        (1789728574, 1789728574.0),
+        (-5, -5.0),  # already expired: the supervisor decides what to make of it
+        ("soon", None),
+        (True, None),
+        (None, None),
+        (float("inf"), None),
+        (float("nan"), None),
+    ],
+)
+def test_announced_expiry_is_a_number_or_nothing(proto: Protocol, expires_at, parsed) -> None:
+    message = json.dumps(
+        {"type": "session.created", "session": {"id": "sess_1", "expires_at": expires_at}}
+    )
+    assert proto.receive(message) == [SessionCreated("sess_1", parsed)]
+
+
+def test_spoken_items_are_placed_for_the_history(proto: Protocol) -> None:
+    def added(item: dict, previous: str | None = None) -> str:
+        return msg(type="conversation.item.added", previous_item_id=previous, item=item)
+
+    user = {"id": "i1", "type": "message", "role": "user", "content": [{"type": "input_audio"}]}
+    assistant = {"id": "i2", "type": "message", "role": "assistant", "content": []}
+    replayed = {
+        "id": "i3",
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": "Earlier answer."}],
+    }
+    tool = {"id": "i4", "type": "function_call_output", "call_id": "c", "output": "{}"}
+    assert proto.receive(added(user)) == [ItemAdded("i1", None, "user")]
+    assert proto.receive(added(assistant, "i1")) == [ItemAdded("i2", "i1", "assistant")]
+    assert proto.receive(added(replayed, "i2")) == [Ignored("conversation.item.added")]
+    assert proto.receive(added(tool, "i3")) == [Ignored("conversation.item.added")]
+
+
+def test_a_reply_failing_for_quota_is_fatal(proto: Protocol) -> None:
+    def failed(code: str) -> str:
+        details = {"type": "failed", "error": {"type": "x", "code": code}}
+        return msg(
+            type="response.done",
+            response={"id": "r1", "status": "failed", "status_details": details},
+        )
+
+    assert proto.receive(failed("insufficient_quota")) == [
+        ResponseDone("r1", "failed", "insufficient_quota", fatal=True)
+    ]
+    assert proto.receive(failed("server_error")) == [ResponseDone("r1", "failed", "server_error")]
 
 
 def test_errors_are_classified(proto: Protocol) -> None:

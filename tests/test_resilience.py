@@ -174,10 +174,32 @@ async def test_fatal_auth_error_is_slow_and_visible(speech_wav, tmp_path, button
             assert k.app.turns == 0
     attempts = sim.refused
     assert 2 <= attempts <= 4  # one at start, then one per fatal_retry_s
+    # The cause is logged once, at error level, not at every slow retry.
     causes = [r for r in caplog.records if getattr(r, "KIOSKVOICE_EVENT", None) == "disconnect"]
-    assert len(causes) == attempts
-    assert all("HTTP 401" in r.getMessage() for r in causes)
+    logged = [r for r in causes if r.levelno >= logging.INFO]
+    assert len(logged) == 1 and logged[0].levelno == logging.ERROR
+    assert "HTTP 401" in logged[0].getMessage()
     assert wrong not in caplog.text
+
+
+async def test_a_transient_error_before_setup_is_retried_at_once(
+    speech_wav, tmp_path, button
+) -> None:
+    """server_error answering session.update is not a config problem: retried within 2 s."""
+    factory, _ = button
+    async with Simulator(api_key=TEST_KEY) as sim:
+        sim.faults.error_on["session.update"] = "server_error"
+        app = App(
+            kiosk_settings(sim.url, speech_wav, tmp_path, api_key=TEST_KEY), pin_factory=factory
+        )
+        async with Running(app, ready=None) as k:
+            await sim.wait_for(lambda s: s.sessions and s.sessions[0].sent_of_type("error"), 10)
+            refused_at = time.monotonic()
+            del sim.faults.error_on["session.update"]
+            await k.until(lambda: app.status()["link"] == "connected", timeout_s=10)
+            assert time.monotonic() - refused_at < 2.0
+            assert app.kiosk.state is State.IDLE
+        assert sim.sessions[0].sent_of_type("error")[0]["error"]["code"] == "server_error"
 
 
 async def test_turn_during_an_outage_is_answered_after_it(speech_wav, tmp_path, button) -> None:

@@ -95,11 +95,13 @@ class ReplyAudio:
 class ResponseDone:
     """``response.done`` with its final status (completed, cancelled, failed, incomplete)
     and, when it did not complete, why (``status_details.error.code`` or
-    ``status_details.reason``; empty when the server gave none)."""
+    ``status_details.reason``; empty when the server gave none). ``fatal``: the reply failed
+    for a reason only an operator can fix (quota, permission, model): every reply will."""
 
     response_id: str
     status: str
     code: str = ""
+    fatal: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ Turn lifecycle (push-to-talk)::
     THINKING --first ReplyAudio--> SPEAKING --ResponseDone + playback idle--> IDLE
     THINKING/SPEAKING --Press--> LISTENING (barge-in: Interrupt, then OpenMic)
     any --LinkDown--> OFFLINE, any --LinkFatal--> ERROR
+    THINKING/SPEAKING --ResponseDone failed, fatal code--> ERROR (with the apology)
 
 Nothing the visitor says is silently lost: a press while the link is down still records
 (OFFLINE --Press--> LISTENING); a turn released while the link is down, or whose link fails
@@ -378,6 +379,14 @@ class Kiosk:
         if event.status not in ("completed", "cancelled"):
             detail = f"{event.status}: {event.code}" if event.code else event.status
             actions.append(Notice("reply_failed", detail))
+            if event.fatal:
+                # Quota, permission, model: every reply will fail until an operator acts.
+                # The visitor hears the apology; the kiosk shows the error state (the
+                # supervisor ends the session and retries only every fatal_retry_s).
+                self._fatal = True
+                self.conversation = False
+                self._forget_response()
+                return [*actions, *self._go(State.ERROR)]
         if self.state is State.THINKING:
             actions += self._after_reply(now)
         return actions

@@ -4,6 +4,12 @@ The shell connects, configures the session, then only feeds received messages to
 core, dispatches what comes out, and flushes the outbox. Everything it decides is in the core.
 Opening (connect + configure + replay) and serving are separate steps, so the supervisor can
 open the next session while the current one still serves (make-before-break).
+
+However a connection ends, it ends in a :class:`LinkError` that carries what the policy needs:
+the server's close code and the code of the last ``error`` before it (:class:`LinkClosed`), or
+the error that refused the session's setup. The real service refuses a bad key or model
+*after* the upgrade, with an ``error`` and a close in the same millisecond; messages received
+before a close are still read, so the error's code is never lost to the race.
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from ..errors import LinkError
 from ..events import ServerError
+from .policy import code_from_reason, is_fatal
 from .protocol import (
     FatalError,
     Incoming,
@@ -34,6 +42,34 @@ from .protocol import (
 log = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+DRAIN_S = 0.5
+"""After a close, how long messages received before it are still read."""
+_ECHOES_SECRET = frozenset({"invalid_api_key"})
+"""Error codes whose message quotes part of the credential: never logged."""
+
+
+class LinkClosed(LinkError):
+    """The server ended the connection: its close code and reason, and the code of the last
+    ``error`` it sent before (or the one the reason names)."""
+
+    def __init__(self, close_code: int, reason: str, error_code: str | None) -> None:
+        if error_code == "invalid_request_error":  # an error type, not a code (code null)
+            error_code = None
+        self.close_code = close_code
+        self.reason = reason
+        self.error_code = error_code
+        fatal = is_fatal(close_code, error_code)
+        super().__init__(
+            f"connection closed ({close_code} {reason})".replace(" )", ")"),
+            code=error_code or f"close_{close_code}",
+            fatal=fatal,
+        )
+
+
+def _refused(code: str, message: str, *, during: str) -> LinkError:
+    """A LinkError for an ``error`` event; the message is left out where it quotes a key."""
+    text = "" if code in _ECHOES_SECRET else f": {message}"
+    return LinkError(f"{during}: {code}{text}", code=code, fatal=is_fatal(None, code))
 
 
 def session_url(url: str, model: str | None) -> str:
@@ -94,6 +130,8 @@ class Link:
         """Session lifetime the server announced, counted from ``opened_at``."""
         self.expired = False
         """The server said ``session_expired`` (it hit its cap)."""
+        self.last_error_code: str | None = None
+        """The code of the last ``error`` the server sent."""
 
     def send(self, event: dict[str, Any], *, droppable: bool = False) -> bool:
         """Queue one client event; False if the link is not ready or the event was dropped."""
@@ -112,36 +150,64 @@ class Link:
         """
         host = urlsplit(self.url).hostname or ""
         try:
-            async with asyncio.timeout(self._setup_timeout_s):
-                self._ws = await connect(
-                    self.url,
-                    additional_headers=self._headers,
-                    # The SDK's settings: replies and retrieved items exceed websockets' 1 MiB
-                    # default, and the server does not negotiate compression.
-                    max_size=None,
-                    compression=None,
-                    open_timeout=self._setup_timeout_s,
-                    # Keepalive is ours (see _keepalive): websockets' own waits close_timeout
-                    # for a TCP close that a half-open link never delivers.
-                    ping_interval=None,
-                    close_timeout=2,
-                    proxy=None if host in LOOPBACK_HOSTS else True,
-                )
-                await self._configure()
-            for event in prelude or ():
-                await self._ws.send(json.dumps(event, separators=(",", ":")))
+            try:
+                await self._open(host, prelude)
+            except ConnectionClosed:
+                raise await self._closed() from None
         except BaseException:
             await self.close()
             raise
         self.opened_at = time.monotonic()
         self.ready = True
 
+    async def _open(self, host: str, prelude: list[dict[str, Any]] | None) -> None:
+        async with asyncio.timeout(self._setup_timeout_s):
+            self._ws = await connect(
+                self.url,
+                additional_headers=self._headers,
+                # The SDK's settings: replies and retrieved items exceed websockets' 1 MiB
+                # default, and the server does not negotiate compression.
+                max_size=None,
+                compression=None,
+                open_timeout=self._setup_timeout_s,
+                # Keepalive is ours (see _keepalive): websockets' own waits close_timeout
+                # for a TCP close that a half-open link never delivers.
+                ping_interval=None,
+                close_timeout=2,
+                proxy=None if host in LOOPBACK_HOSTS else True,
+            )
+            await self._configure()
+        for event in prelude or ():
+            await self._ws.send(json.dumps(event, separators=(",", ":")))
+
+    async def _closed(self) -> LinkClosed:
+        """Why the server closed: read what it sent before the close (an ``error`` in the same
+        millisecond, typically), then its close code and reason."""
+        if self._ws is None:
+            return LinkClosed(1006, "", None)
+        with contextlib.suppress(ConnectionClosed, TimeoutError):
+            async with asyncio.timeout(DRAIN_S):
+                while True:
+                    self._note_errors(self.protocol.receive(await self._ws.recv()))
+        code = self._ws.close_code if self._ws.close_code is not None else 1006
+        reason = self._ws.close_reason or ""
+        return LinkClosed(code, reason, self.last_error_code or code_from_reason(reason))
+
+    def _note_errors(self, events: list[Incoming]) -> None:
+        for event in events:
+            if isinstance(event, FatalError | ServerError):
+                self.last_error_code = event.code
+                if event.code == "session_expired":
+                    self.expired = True
+
     async def serve(self) -> None:
-        """Pump until the connection ends: returns on a clean close, raises otherwise
-        (:class:`LinkError` for a fatal server error)."""
+        """Pump until the connection ends, then raise why: :class:`LinkClosed` when the
+        server closed it (cleanly or not), :class:`LinkError` for a dead keepalive."""
         assert self._ws is not None, "open() first"
         try:
-            await self._pump()
+            with contextlib.suppress(ConnectionClosed):
+                await self._pump()
+            raise await self._closed()
         finally:
             self.ready = False
             await self.close()
@@ -169,8 +235,11 @@ class Link:
         await self._ws.send(json.dumps(self.protocol.session_update()))
         async for message in self._ws:
             for event in self.protocol.receive(message):
-                if isinstance(event, FatalError):
-                    raise LinkError(f"{event.code}: {event.message}", code=event.code, fatal=True)
+                if isinstance(event, FatalError | ServerError):
+                    # Before session.updated, any error means the session will not serve:
+                    # the policy says whether trying again can help (server_error can).
+                    self._note_errors([event])
+                    raise _refused(event.code, event.message, during="session setup refused")
                 if isinstance(event, SessionCreated):
                     self.session_id = event.session_id
                     now = self._server_clock()
@@ -179,14 +248,7 @@ class Link:
                 elif isinstance(event, SessionConfigured):
                     self.session_id = event.session_id or self.session_id
                     return
-                elif isinstance(event, ServerError):
-                    # The server refused our configuration: this session cannot serve turns.
-                    raise LinkError(
-                        f"session.update refused: {event.code}: {event.message}",
-                        code=event.code,
-                        fatal=True,
-                    )
-        raise LinkError("connection closed during session setup", code="setup_closed")
+        raise await self._closed()
 
     async def _pump(self) -> None:
         tasks = {
@@ -204,13 +266,13 @@ class Link:
             task.result()  # re-raise why the connection ended; a clean close returns
 
     async def _reader(self) -> None:
+        """Dispatch every event; an ``error`` is remembered for the close that may follow it
+        (on its own it ends nothing, whatever its code)."""
         assert self._ws is not None
         async for message in self._ws:
-            for event in self.protocol.receive(message):
-                if isinstance(event, FatalError):
-                    raise LinkError(f"{event.code}: {event.message}", code=event.code, fatal=True)
-                if isinstance(event, ServerError) and event.code == "session_expired":
-                    self.expired = True
+            events = self.protocol.receive(message)
+            self._note_errors(events)
+            for event in events:
                 self._on_event(event)
 
     async def _keepalive(self) -> None:

@@ -12,6 +12,7 @@ import base64
 import binascii
 import itertools
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,21 +26,11 @@ from ..events import (
     SpeechStarted,
     SpeechStopped,
 )
+from .policy import is_fatal_code
 
 SAMPLE_RATE = 24000
 TRANSCRIPTION_MODEL = "gpt-4o-mini-transcribe"
-
-# Error codes that no retry can fix without an operator (config, billing, account).
-FATAL_CODES = frozenset(
-    {
-        "invalid_api_key",
-        "insufficient_quota",
-        "model_not_found",
-        "beta_api_shape_disabled",
-        "account_deactivated",
-        "organization_deactivated",
-    }
-)
+_TEXT_PARTS = frozenset({"input_text", "output_text"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +40,17 @@ class SessionCreated:
 
     session_id: str
     expires_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemAdded:
+    """``conversation.item.added``: a spoken message joined the conversation after
+    ``previous_item_id`` (None: first). Text items (the kiosk's own replayed turns) and tool
+    items are not reported."""
+
+    item_id: str
+    previous_item_id: str | None
+    role: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +89,9 @@ class TranscriptFailed:
 
 @dataclass(frozen=True, slots=True)
 class FatalError:
-    """An ``error`` event whose code needs an operator (see :data:`FATAL_CODES`)."""
+    """An ``error`` event whose code needs an operator (see
+    :data:`~kioskvoice.realtime.policy.FATAL_CODES`). On its own it ends nothing: the close
+    that follows it does (see :func:`~kioskvoice.realtime.policy.is_fatal`)."""
 
     code: str
     message: str
@@ -110,6 +114,7 @@ class Malformed:
 Incoming = (
     SessionCreated
     | SessionConfigured
+    | ItemAdded
     | Transcript
     | Committed
     | TranscriptFailed
@@ -161,6 +166,8 @@ class Protocol:
             ],
             "input_audio_buffer.committed": lambda e: [Committed(str(e["item_id"]))],
             "error": self._error,
+            "conversation.item.added": self._item_added,
+            "conversation.item.created": self._item_added,
             "input_audio_buffer.speech_started": lambda e: [SpeechStarted()],
             "input_audio_buffer.speech_stopped": lambda e: [SpeechStopped()],
             "response.function_call_arguments.done": self._function_call,
@@ -264,12 +271,16 @@ class Protocol:
     def _session_created(self, event: dict[str, Any]) -> list[Incoming]:
         session = event["session"]
         self.session_id = str(session["id"])
-        expires_at = session.get("expires_at")
-        return [
-            SessionCreated(
-                self.session_id, float(expires_at) if isinstance(expires_at, int | float) else None
-            )
-        ]
+        return [SessionCreated(self.session_id, _unix_time(session.get("expires_at")))]
+
+    def _item_added(self, event: dict[str, Any]) -> list[Incoming]:
+        item = event["item"]
+        content = item.get("content") or []
+        spoken = not content or any(part.get("type") not in _TEXT_PARTS for part in content)
+        if item.get("type") != "message" or not spoken:
+            return [Ignored(event["type"])]
+        previous = event.get("previous_item_id")
+        return [ItemAdded(str(item["id"]), str(previous) if previous else None, str(item["role"]))]
 
     def _session_updated(self, event: dict[str, Any]) -> list[Incoming]:
         session_id = str(event["session"].get("id") or self.session_id or "")
@@ -285,7 +296,9 @@ class Protocol:
     def _response_done(self, event: dict[str, Any]) -> list[Incoming]:
         response = event["response"]
         status = str(response.get("status") or "completed")
-        return [ResponseDone(str(response["id"]), status, _why(response.get("status_details")))]
+        why = _why(response.get("status_details"))
+        fatal = status == "failed" and is_fatal_code(why)
+        return [ResponseDone(str(response["id"]), status, why, fatal)]
 
     def _assistant_transcript(self, event: dict[str, Any]) -> list[Incoming]:
         return [
@@ -314,9 +327,16 @@ class Protocol:
         error = event["error"]
         code = str(error.get("code") or error.get("type") or "unknown")
         message = str(error.get("message") or "")
-        if code in FATAL_CODES:
+        if is_fatal_code(code):
             return [FatalError(code, message)]
         return [ServerError(code, message)]
+
+
+def _unix_time(value: Any) -> float | None:
+    """A finite number of Unix seconds, else None (a string, a bool, NaN, infinity)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 def _why(details: Any) -> str:

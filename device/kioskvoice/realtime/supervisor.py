@@ -1,92 +1,33 @@
-"""Keeps a Realtime session available: connects, classifies failures, backs off, reconnects.
+"""Keeps a Realtime session available: connects, classifies failures, backs off, reconnects,
+rolls sessions over before their cap and replays the conversation into each new one.
 
-The retry policy is two pure functions, :func:`classify` and :func:`backoff_delay`, so it is
-tested without sockets or clocks. The supervisor loop only applies them.
+Every decision is a pure function of :mod:`.policy` (fatal or not, backoff, the session's
+lifetime and rollover times, the pacing of new sessions) or of :class:`.history.History` (what
+a new session is told); the supervisor only applies them, on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from websockets.exceptions import (
-    ConnectionClosed,
-    InvalidHandshake,
-    InvalidStatus,
-    InvalidURI,
-)
-
 from ..config import RealtimeSettings
-from ..errors import LinkError
-from ..events import LinkDown, LinkFatal, LinkState, LinkUp
+from ..events import LinkDown, LinkFatal, LinkState, LinkUp, ResponseDone
 from ..system.logging import log_event
 from .credentials import Credentials
-from .link import Link, auth_headers, session_url
-from .protocol import Incoming, Protocol, SessionOptions, Transcript
+from .history import History
+from .link import Link
+from .opener import Opener
+from .policy import Failure, backoff_delay, classify, plan_rollover, session_lifetime
+from .protocol import Incoming, Protocol, SessionOptions
+from .rollover import Retirements, serve_until_replaced
+
+__all__ = ["Supervisor"]
 
 log = logging.getLogger(__name__)
-
-FORCE_SWAP_S = 2.0
-"""A prepared session is swapped in this long before the cap even mid-turn: the cap would
-end the old session anyway."""
-IDLE_POLL_S = 0.1
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """Why a connection ended. ``fatal`` failures need an operator; they are retried only
-    at the slow fatal interval so that a fixed config is picked up without a restart."""
-
-    code: str
-    fatal: bool
-    detail: str
-
-
-_FATAL_HTTP = {401: "unauthorized", 403: "forbidden", 404: "not_found"}
-
-
-def classify(exc: BaseException) -> Failure:
-    """Map an exception from a connection attempt or session to a :class:`Failure`."""
-    if isinstance(exc, LinkError):
-        return Failure(exc.code or "link_error", exc.fatal, str(exc))
-    if isinstance(exc, InvalidStatus):
-        status = exc.response.status_code
-        if status in _FATAL_HTTP:
-            return Failure(_FATAL_HTTP[status], True, f"handshake refused with HTTP {status}")
-        fatal = 400 <= status < 500 and status not in (408, 429)
-        return Failure(f"http_{status}", fatal, f"handshake refused with HTTP {status}")
-    if isinstance(exc, InvalidURI):
-        return Failure("bad_url", True, "realtime.url is not a valid WebSocket URL")
-    if isinstance(exc, ConnectionClosed):
-        code = exc.rcvd.code if exc.rcvd is not None else 1006
-        reason = exc.rcvd.reason if exc.rcvd is not None else "no close frame"
-        return Failure(f"close_{code}", False, f"connection closed ({code} {reason})".strip())
-    if isinstance(exc, TimeoutError):
-        return Failure("timeout", False, "timed out connecting or configuring the session")
-    if isinstance(exc, OSError | InvalidHandshake):
-        return Failure("network", False, f"{type(exc).__name__}: {exc}")
-    return Failure("unexpected", False, f"{type(exc).__name__}: {exc}")
-
-
-def backoff_delay(
-    attempt: int,
-    *,
-    first_s: float = 0.5,
-    cap_s: float = 30.0,
-    rng: Callable[[], float] = random.random,
-) -> float:
-    """Delay before retry number ``attempt`` (0-based): doubling from ``first_s`` up to
-    ``cap_s``, jittered into the upper half so that a fleet does not reconnect in lockstep.
-    Attempt 0 waits at most ``first_s``."""
-    ceiling = min(cap_s, first_s * (2 ** min(attempt, 32)))
-    return ceiling * (0.5 + 0.5 * rng())
 
 
 class Supervisor:
@@ -96,10 +37,14 @@ class Supervisor:
     the *current* session, on the event loop (events of a session being opened or retired are
     dropped). ``is_idle`` tells when a rollover may swap sessions without cutting a turn.
 
-    Rollover (make-before-break): at ``min(session_max_s, server-announced lifetime) -
-    rollover_margin_s`` the next session is opened, configured and seeded with the recent
-    turns in the background; the swap happens at the next idle moment, and at the latest
-    :data:`FORCE_SWAP_S` before the cap.
+    Rollover (make-before-break, see :func:`.policy.plan_rollover`): before the earlier of the
+    server's announced ``expires_at`` and ``session_max_s``, the next session is opened,
+    configured and seeded with the recent turns in the background; the swap happens at the
+    next idle moment, and at the latest just before the cap. New sessions are paced
+    (:class:`.policy.SessionPacer`) whatever the server announces.
+
+    A reply that fails for a reason only an operator can fix (quota, permission, model) ends
+    the session as fatally as a refused key: error state, and a retry every ``fatal_retry_s``.
     """
 
     def __init__(
@@ -118,25 +63,28 @@ class Supervisor:
         self._is_idle = is_idle
         self.fatal_retry_s = settings.fatal_retry_s
         self.healthy_after_s = healthy_after_s
+        self.session_max_s: float | None = getattr(settings, "session_max_s", None)
+        """None: follow the server's announced ``expires_at``."""
         self.link: Link | None = None
         self.state = LinkState.DOWN
         self.sessions = 0
         self.rollovers = 0
         self.failed_rollovers = 0
+        self.resets = 0
         self.last_error: str | None = None
-        self.history: collections.deque[tuple[str, str]] = collections.deque(
-            maxlen=2 * settings.replay_turns
-        )
-        self.options = SessionOptions(
+        self.history = History(2 * settings.replay_turns)
+        options = SessionOptions(
             instructions=settings.instructions,
             voice=settings.voice,
             transcribe_input=settings.transcribe_input,
             tools=tuple(tools),
         )
-        self._omit_model = False
-        self._retiring: set[asyncio.Task[None]] = set()
-        self._reset = asyncio.Event()
-        self.resets = 0
+        self.opener = Opener(settings, credentials, options, self.history)
+        self._fresh_secret_tried = False
+        self._logged_fatal: str | None = None
+        self._retirements = Retirements()
+        self._stop = asyncio.Event()
+        self._stop_reason: Failure | None = None
 
     @property
     def reconnects(self) -> int:
@@ -161,7 +109,7 @@ class Supervisor:
         server-side conversation holds them) with a fresh one. The kiosk is told the link
         went down meanwhile, so no turn can reach the old conversation."""
         self.history.clear()
-        self._reset.set()
+        self._end_session(Failure("reset", False, "conversation reset"))
 
     def send(
         self, build: Callable[..., dict[str, Any]], *args: Any, droppable: bool = False
@@ -171,7 +119,15 @@ class Supervisor:
         link = self.link
         if link is None or not link.ready:
             return False
-        return link.send(build(link.protocol, *args), droppable=droppable)
+        event = build(link.protocol, *args)
+        if event["type"] == "conversation.item.truncate":
+            self.history.truncated(event["item_id"], event["audio_end_ms"])
+        return link.send(event, droppable=droppable)
+
+    def _end_session(self, failure: Failure) -> None:
+        if self._stop_reason is None or failure.fatal:
+            self._stop_reason = failure
+        self._stop.set()
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -196,16 +152,16 @@ class Supervisor:
                     link = next_link
                     continue
                 assert failure is not None
+                self.link = None
                 if failure.code == "reset":
                     self.resets += 1
-                    self.link = None
                     self._post(LinkDown("reset"))
                     log_event(log, logging.INFO, "conversation_reset", "new visitor: new session")
                     link = None
                     continue
                 if time.monotonic() - served_from >= self.healthy_after_s:
                     attempt = 0
-                if link.expired or failure.code == "close_1001":
+                if link.expired or failure.close_code == 1001:
                     self.failed_rollovers += 1
                     log_event(
                         log,
@@ -220,31 +176,41 @@ class Supervisor:
         finally:
             self.link = None
             self.state = LinkState.DOWN
-            for task in list(self._retiring):
-                task.cancel()
+            self._retirements.cancel()
 
     def _failure(self, exc: BaseException) -> Failure:
         failure = classify(exc)
-        if failure.code == "http_400" and self.credentials.ephemeral and not self._omit_model:
+        if not self.credentials.ephemeral:
+            return failure
+        refused_model = failure.code in ("http_400", "invalid_model", "missing_model")
+        if refused_model and not self.opener.omit_model:
             # Reports differ on whether ?model= may accompany an ek_ secret; the secret binds
             # the model anyway, so try once more without it.
-            self._omit_model = True
-            return Failure("retry_without_model", False, "handshake refused with HTTP 400")
+            self.opener.omit_model = True
+            return Failure("retry_without_model", False, failure.detail)
+        if failure.fatal and failure.auth and not self._fresh_secret_tried:
+            # A minted secret may have expired on the way: one more try with a fresh one.
+            self._fresh_secret_tried = True
+            return Failure(failure.code, False, f"{failure.detail}; trying a fresh secret")
         return failure
 
     async def _back_off(self, failure: Failure, attempt: int, session_id: str | None) -> None:
         self.state = LinkState.DOWN
         self.link = None
         self.last_error = failure.code
+        level = logging.WARNING
         if failure.fatal:
             delay = self.fatal_retry_s
             self._post(LinkFatal(failure.code, failure.detail))
+            # The cause is logged once, not at every slow retry.
+            level = logging.DEBUG if failure.code == self._logged_fatal else logging.ERROR
+            self._logged_fatal = failure.code
         else:
             delay = 0.0 if failure.code == "retry_without_model" else backoff_delay(attempt)
             self._post(LinkDown(failure.code))
         log_event(
             log,
-            logging.ERROR if failure.fatal else logging.WARNING,
+            level,
             "disconnect",
             f"realtime link down: {failure.detail}; retrying in {delay:.1f} s",
             error_code=failure.code,
@@ -253,36 +219,35 @@ class Supervisor:
         await asyncio.sleep(delay)
 
     async def _open_link(self) -> Link:
-        """Fetch a fresh secret, connect, configure and replay the recent turns."""
-        secret = await self.credentials.fetch()
-        self._reset.clear()  # a reset asked for after this point replaces this session too
-        model = None if self._omit_model else self.settings.model
-        link: Link
+        return await self.opener.open(self._route, on_secret=self._arm_stop)
 
-        def on_event(event: Incoming) -> None:
-            if link is not self.link:
-                return  # a session being opened or retired: not the kiosk's business
-            if isinstance(event, Transcript) and event.text.strip():
-                self.history.append((event.role, event.text))
-            self._post(event)
+    def _arm_stop(self) -> None:
+        """A reset asked for from now on replaces the session being opened too."""
+        if self._stop_reason is None or not self._stop_reason.fatal:
+            self._stop.clear()
+            self._stop_reason = None
 
-        link = Link(
-            url=session_url(self.settings.url, model),
-            headers=auth_headers(self.settings.auth, secret.value),
-            options=self.options,
-            on_event=on_event,
-            setup_timeout_s=self.settings.connect_timeout_s,
-            ping_interval_s=self.settings.ping_interval_s,
-            ping_timeout_s=self.settings.ping_timeout_s,
-        )
-        await link.open([link.protocol.item_create(role, text) for role, text in self.history])
-        return link
+    def _take_stop(self) -> Failure:
+        failure, self._stop_reason = self._stop_reason, None
+        self._stop.clear()
+        return failure or Failure("reset", False, "conversation reset")
+
+    def _route(self, link: Link, event: Incoming) -> None:
+        """An event of ``link``: the kiosk's business only if ``link`` is current."""
+        if link is not self.link or self.history.observe(event):
+            return
+        self._post(event)
+        if isinstance(event, ResponseDone) and event.fatal:
+            detail = f"a reply failed with {event.code}: every reply will, until an operator acts"
+            self._end_session(Failure(event.code, True, detail))
 
     def _activate(self, link: Link) -> None:
         rolled = self.sessions > 0 and self.link is not None
         self.link = link
         self.sessions += 1
         self.state = LinkState.CONNECTED
+        self._logged_fatal = None
+        self._fresh_secret_tried = False
         if rolled:
             self.rollovers += 1
             event = "rollover"
@@ -292,87 +257,22 @@ class Supervisor:
             log,
             logging.INFO,
             event,
-            f"realtime session {link.session_id} ready ({len(self.history)} items replayed)",
+            f"realtime session {link.session_id} ready ({len(self.history.replay())} items "
+            "replayed)",
             session=link.session_id,
         )
         self._post(LinkUp(link.session_id or ""))
 
-    def _budget_s(self, link: Link) -> float:
-        budget = self.settings.session_max_s
-        if link.server_expires_in_s is not None:
-            budget = min(budget, link.server_expires_in_s)
-        return budget
-
     async def _serve(self, link: Link) -> tuple[Link | None, Failure | None]:
-        """Serve ``link`` until it fails (→ its failure) or a rollover replaces it (→ the
-        next link, already open and current-to-be)."""
-        serving = asyncio.create_task(link.serve(), name=f"session {link.session_id}")
         assert link.opened_at is not None
-        budget = self._budget_s(link)
-        roll_at = link.opened_at + budget - self.settings.rollover_margin_s
-        force_at = max(roll_at, link.opened_at + budget - FORCE_SWAP_S)
-        next_try = roll_at
-        tries = 0
-        preparing: asyncio.Task[Link] | None = None
-        reset = asyncio.create_task(self._reset.wait(), name="reset")
-        try:
-            while True:
-                if reset.done():
-                    serving.cancel()
-                    await link.close()
-                    return None, Failure("reset", False, "conversation reset")
-                now = time.monotonic()
-                if preparing is None and now >= next_try:
-                    preparing = asyncio.create_task(self._open_link(), name="next session")
-                if preparing is not None and preparing.done():
-                    exc = preparing.exception()
-                    if exc is not None:
-                        tries += 1
-                        next_try = now + backoff_delay(tries)
-                        log.warning("could not open the next session yet: %s", classify(exc).detail)
-                        preparing = None
-                    elif self._is_idle() or now >= force_at:
-                        next_link, preparing = preparing.result(), None
-                        if not self._is_idle():
-                            # Forced mid-turn: what the old session was doing for the turn
-                            # is lost with it; the kiosk sends the turn again or says so.
-                            self._post(LinkDown("rollover"))
-                        self._retire(link, serving)
-                        return next_link, None
-                waiting: set[asyncio.Task[Any]] = {serving, reset}
-                if preparing is not None:
-                    waiting.add(preparing)
-                    timeout = IDLE_POLL_S
-                else:
-                    timeout = max(0.0, next_try - now)
-                done, _ = await asyncio.wait(
-                    waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-                if serving in done:
-                    exc = serving.exception()
-                    if exc is None:
-                        return None, Failure("closed", False, "the server closed the session")
-                    return None, classify(exc)
-        except asyncio.CancelledError:
-            serving.cancel()
-            await link.close()
-            raise
-        finally:
-            reset.cancel()
-            if preparing is not None:
-                preparing.cancel()
-                if preparing.done() and not preparing.cancelled() and not preparing.exception():
-                    await preparing.result().close()
-
-    def _retire(self, link: Link, serving: asyncio.Task[None]) -> None:
-        """Close a replaced session gracefully in the background."""
-
-        async def retire() -> None:
-            await link.close(1000)
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                async with asyncio.timeout(5):
-                    await serving
-
-        task = asyncio.create_task(retire(), name=f"retire {link.session_id}")
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        lifetime = session_lifetime(self.session_max_s, link.server_expires_in_s)
+        return await serve_until_replaced(
+            link,
+            plan_rollover(link.opened_at, lifetime, self.settings.rollover_margin_s),
+            open_next=self._open_link,
+            is_idle=self._is_idle,
+            stop=self._stop,
+            stop_reason=self._take_stop,
+            post=self._post,
+            retirements=self._retirements,
+        )
