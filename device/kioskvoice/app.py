@@ -89,7 +89,6 @@ class App:
         self._supervisor: Supervisor | None = None
         self._player: Player | None = None
         self._frames: FrameQueue | None = None
-        self._turn: TurnAudio | None = None
         self._executor: Executor | None = None
         self._panel: Panel | None = None
 
@@ -117,7 +116,7 @@ class App:
         REDACTOR.add(sup.credentials.values())
         kiosk_log = logging.getLogger("kioskvoice")
         kiosk_log.addHandler(self.metrics)  # counts the records: journal and metrics agree
-        turn = self._turn = TurnAudio(
+        turn = TurnAudio(
             sup,
             self.post,
             preroll_frames=max(0, settings.interaction.preroll_ms // a.frame_ms),
@@ -272,11 +271,6 @@ class App:
             log.warning("skipped a malformed server event: %s", event.reason)
         elif isinstance(event, Ignored):
             log.debug("ignored server event %s", event.type)
-
-    @property
-    def mic_open(self) -> bool:
-        """Captured audio is going to the model (or kept for it)."""
-        return self._turn is not None and self._turn.mic_open
 
     @property
     def turns(self) -> int:
