@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 __all__ = [
     "CLIENT",
     "KNOWN_SERVER_EXTRAS",
+    "PTT_SESSION",
     "SERVER",
     "assert_client_event",
     "assert_server_event",
@@ -30,6 +31,21 @@ def _discriminated(alias: Any) -> TypeAdapter[Any]:
     return TypeAdapter(Annotated[Union[members], Field(discriminator="type")])  # noqa: UP007
 
 
+# The exact push-to-talk config of realtime-protocol.md section 4: a valid GA session.
+PTT_SESSION: dict[str, Any] = {
+    "type": "realtime",
+    "instructions": "Be brief.",
+    "output_modalities": ["audio"],
+    "audio": {
+        "input": {
+            "format": {"type": "audio/pcm", "rate": 24000},
+            "turn_detection": None,
+            "transcription": {"model": "gpt-4o-mini-transcribe"},
+        },
+        "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "marin"},
+    },
+}
+
 CLIENT: TypeAdapter[Any] = _discriminated(RealtimeClientEvent)
 SERVER: TypeAdapter[Any] = _discriminated(RealtimeServerEvent)
 
@@ -37,9 +53,19 @@ SERVER: TypeAdapter[Any] = _discriminated(RealtimeServerEvent)
 # identity fields the live GA server sends there (the REST response shape,
 # RealtimeSessionCreateResponse, does declare them). Only these paths are tolerated.
 _SESSION_IDENTITY = frozenset({"$.session.id", "$.session.object", "$.session.expires_at"})
+# Live captures of the GA service (gauravzqa/llmgw capabilities/captures-ws.md, probes 7 and
+# 8) show an ``obfuscation`` padding string on every content delta, which the SDK does not
+# declare; and a failed response's ``status_details.error`` carries a ``message``
+# (community.openai.com/t/incorrect-event-when-error-realtime-api/1005042).
+_PADDING = frozenset({"$.obfuscation"})
 KNOWN_SERVER_EXTRAS: dict[str, frozenset[str]] = {
     "session.created": _SESSION_IDENTITY,
     "session.updated": _SESSION_IDENTITY,
+    "response.output_audio.delta": _PADDING,
+    "response.output_audio_transcript.delta": _PADDING,
+    "response.output_text.delta": _PADDING,
+    "conversation.item.input_audio_transcription.delta": _PADDING,
+    "response.done": frozenset({"$.response.status_details.error.message"}),
 }
 
 

@@ -655,3 +655,59 @@ async def test_kiosk_turn_through_the_broker_then_revoked(speech_wav, tmp_path, 
         (401, None),
     ]
     assert token not in caplog.text and REAL_KEY not in caplog.text
+
+
+# --- acceptance: a kiosk on Azure OpenAI --------------------------------------------------------
+
+
+@pytest.mark.parametrize("auth", ["api-key", "bearer"])
+async def test_kiosk_turn_on_azure(speech_wav, tmp_path, caplog, auth) -> None:
+    """Azure's GA endpoint, ``/openai/v1/realtime?model=DEPLOYMENT``: with the resource's key
+    in an ``api-key`` header, or with ``Authorization: Bearer`` and a secret the broker minted
+    from Azure's ``/openai/v1/realtime/client_secrets``."""
+    factory = MockFactory()
+    pin = factory.pin(BUTTON_PIN)
+    caplog.set_level(logging.INFO)
+    deployment = "kiosk-voice"
+    sim = Simulator(api_key=REAL_KEY, models={deployment})
+    standin = OpenAIStandIn(REAL_KEY, sim=sim)
+    try:
+        async with sim, serving(standin.app) as upstream_url:
+            settings = settings_for(
+                tmp_path, upstream_url, upstream={"kind": "azure"}, session={"model": deployment}
+            )
+            token = add(settings.registry, "lobby")
+            async with serving(create_app(settings, REAL_KEY)) as broker_url:
+                if auth == "api-key":
+                    credential = {"auth": "api-key", "api_key": REAL_KEY}
+                else:
+                    credential = {"token_url": broker_url + PATH, "device_token": token}
+                kiosk = kiosk_settings(
+                    sim.azure_url,
+                    speech_wav,
+                    tmp_path,
+                    **{"api_key": None, "model": deployment, **credential},
+                )
+                app = App(kiosk, pin_factory=factory)
+                async with Running(app) as k:
+                    await k.turn(pin)
+    finally:
+        factory.reset()
+    [session] = sim.sessions
+    assert (session.path, session.model, session.auth_matched) == (
+        "/openai/v1/realtime",
+        deployment,
+        True,
+    )
+    assert [e["response"]["status"] for e in session.sent_of_type("response.done")] == ["completed"]
+    # Azure's cap is 30 minutes, and the session said so.
+    assert session.cap_s == 1800
+    header = "api-key" if auth == "api-key" else "authorization"
+    assert session.headers[header] == "<redacted>"
+    assert ({"api-key", "authorization"} - {header}).isdisjoint(session.headers)
+    if auth == "bearer":
+        assert session.secret_ttl_s is not None
+        assert [r.path for r in standin.requests] == ["/openai/v1/realtime/client_secrets"]
+    else:
+        assert standin.requests == []
+    assert REAL_KEY not in caplog.text and token not in caplog.text

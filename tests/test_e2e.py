@@ -153,13 +153,16 @@ async def test_wrong_key_is_an_error_state_without_leaking_it(sim, daemon_env, t
     proc = await start_daemon(env, tmp_path)
     try:
         current = await wait_status(env, 20, state="error")
-        assert current["link"] == "down" and current["last_error"] == "unauthorized"
+        # The service upgrades, then says invalid_api_key and closes 3000.
+        assert current["link"] == "down" and current["last_error"] == "invalid_api_key"
         proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(5):
             stdout, stderr = await proc.communicate()
         assert proc.returncode == 0
-        assert wrong not in stdout.decode() + stderr.decode()
-        assert "HTTP 401" in stderr.decode()
+        output = stdout.decode() + stderr.decode()
+        assert wrong not in output
+        assert "Incorrect API key" not in output  # the service's text quotes part of the key
+        assert "invalid_api_key" in stderr.decode()
     finally:
         if proc.returncode is None:
             proc.kill()

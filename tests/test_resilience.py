@@ -157,6 +157,9 @@ async def test_unanswered_pings_replace_the_link(speech_wav, tmp_path, button) -
 
 
 async def test_fatal_auth_error_is_slow_and_visible(speech_wav, tmp_path, button, caplog) -> None:
+    """A bad key: the service upgrades, says invalid_api_key and closes 3000 (after the
+    upgrade, so a send can race the close). The kiosk shows the error state, logs the cause
+    once and retries only every fatal_retry_s."""
     factory, pin = button
     wrong = "sk-wrong-key-ABCDEFGHIJKLMNOPQ"
     caplog.set_level(logging.INFO)
@@ -167,19 +170,20 @@ async def test_fatal_auth_error_is_slow_and_visible(speech_wav, tmp_path, button
             await asyncio.sleep(5)
             assert app.kiosk.state is State.ERROR
             assert app.status()["link"] in (LinkState.DOWN, LinkState.CONNECTING)
-            assert app.status()["last_error"] == "unauthorized"
+            assert app.status()["last_error"] == "invalid_api_key"
             pin.drive_low()  # a press cannot be served: nothing is recorded or sent
             await asyncio.sleep(0.3)
             pin.drive_high()
             assert k.app.turns == 0
     attempts = sim.refused
     assert 2 <= attempts <= 4  # one at start, then one per fatal_retry_s
-    # The cause is logged once, at error level, not at every slow retry.
+    assert [s.close_code for s in sim.sessions] == [3000] * attempts
     causes = [r for r in caplog.records if getattr(r, "KIOSKVOICE_EVENT", None) == "disconnect"]
     logged = [r for r in causes if r.levelno >= logging.INFO]
     assert len(logged) == 1 and logged[0].levelno == logging.ERROR
-    assert "HTTP 401" in logged[0].getMessage()
+    assert "invalid_api_key" in logged[0].getMessage()
     assert wrong not in caplog.text
+    assert "Incorrect API key" not in caplog.text  # the service's text quotes part of the key
 
 
 async def test_a_transient_error_before_setup_is_retried_at_once(

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import math
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,27 +23,12 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from kioskvoice.sim import Faults, Simulator, Truncation, voice
 from kioskvoice.sim.vad import EnergyVad, VadEdge, VadParams, threshold_dbfs
-from realtime_schema import assert_client_event, assert_server_event
+from realtime_schema import PTT_SESSION, assert_client_event, assert_server_event
 
 API_KEY = "test-key"
 STEP = 10.0  # upper bound for any single wait; generous so slow machines do not flake
 RATE = 24000
 CHUNK = 960  # 20 ms of PCM16 mono at 24 kHz
-
-# The exact push-to-talk config from realtime-protocol.md section 4.
-PTT_SESSION: dict[str, Any] = {
-    "type": "realtime",
-    "instructions": "Be brief.",
-    "output_modalities": ["audio"],
-    "audio": {
-        "input": {
-            "format": {"type": "audio/pcm", "rate": 24000},
-            "turn_detection": None,
-            "transcription": {"model": "gpt-4o-mini-transcribe"},
-        },
-        "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "marin"},
-    },
-}
 
 DELTA_TYPES = {"response.output_audio.delta", "response.output_audio_transcript.delta"}
 TRANSCRIPTION_DONE = "conversation.item.input_audio_transcription.completed"
@@ -148,7 +134,9 @@ async def test_full_ptt_turn(sim: Simulator) -> None:
         created = client.received[0]
         assert created["session"]["model"] == "gpt-realtime"
         assert created["session"]["audio"]["input"]["turn_detection"]["type"] == "server_vad"
-        assert created["session"]["audio"]["output"]["voice"] == "marin"
+        assert created["session"]["audio"]["output"]["voice"] == "alloy"  # the service default
+        lifetime = created["session"]["expires_at"] - time.time()
+        assert isinstance(created["session"]["expires_at"], int) and 3590 < lifetime <= 3600
 
         await client.send({"type": "session.update", "session": PTT_SESSION})
         updated = (await client.recv_until("session.updated"))[-1]["session"]
@@ -174,17 +162,27 @@ async def test_full_ptt_turn(sim: Simulator) -> None:
         assert user_item["role"] == "user"
         assert user_item["content"] == [{"type": "input_audio", "transcript": None}]
 
+        committed_at = time.monotonic()
         await client.send({"type": "response.create"})
         events = await client.recv_until("response.done")
-        if TRANSCRIPTION_DONE not in types_of(events):
-            events += await client.recv_until(TRANSCRIPTION_DONE)
+        done_at = time.monotonic()
+        # As on the real service: rate limits ~40 ms after response.done, and the visitor's
+        # transcript ~1.3 s after the commit, after the whole reply.
+        after = [await client.recv()]
+        rate_limits_after_s = time.monotonic() - done_at
+        after += await client.recv_until(TRANSCRIPTION_DONE)
+        transcribed_after_s = time.monotonic() - committed_at
+        assert types_of(after) == ["rate_limits.updated", TRANSCRIPTION_DONE]
+        assert 0.02 <= rate_limits_after_s < 1.0
+        assert 1.2 <= transcribed_after_s < 3.0
+        [limits] = after[0]["rate_limits"]
+        assert limits["name"] == "tokens" and limits["remaining"] < limits["limit"]
 
-        transcriptions = [e for e in events if e["type"] == TRANSCRIPTION_DONE]
-        assert len(transcriptions) == 1
+        transcriptions = after[1:]
         assert transcriptions[0]["item_id"] == user_id
         assert transcriptions[0]["transcript"] == "(1.0 seconds of speech)"
 
-        flow = [e for e in events if e["type"] not in DELTA_TYPES | {TRANSCRIPTION_DONE}]
+        flow = [e for e in events if e["type"] not in DELTA_TYPES]
         assert types_of(flow) == [
             "response.created",
             "response.output_item.added",
@@ -215,6 +213,11 @@ async def test_full_ptt_turn(sim: Simulator) -> None:
                 assert (event["response_id"], event["item_id"]) == (response_id, item_id)
 
         audio_deltas = [e for e in events if e["type"] == "response.output_audio.delta"]
+        assert all(
+            isinstance(e["obfuscation"], str) and e["obfuscation"]
+            for e in events
+            if e["type"] in DELTA_TYPES
+        )
         audio = b"".join(base64.b64decode(e["delta"]) for e in audio_deltas)
         expected_text = "You spoke for 1.0 seconds."
         assert audio == voice.synthesize(expected_text, RATE)
@@ -576,19 +579,42 @@ def test_faults_default_is_independent() -> None:
     assert Simulator().faults.error_on is not Simulator().faults.error_on
 
 
-async def test_handshake_auth_path_and_beta(sim: Simulator) -> None:
-    with pytest.raises(InvalidStatus) as missing:
-        async with connect(sim.url, open_timeout=STEP):
-            pass
-    assert missing.value.response.status_code == 401
-    assert API_KEY.encode() not in missing.value.response.body
+async def refused_after_upgrade(url: str, headers: dict[str, str]) -> tuple[dict, Any]:
+    """Connect (the upgrade succeeds), then read the one ``error`` and the close that follows."""
+    async with connect(url, additional_headers=headers, open_timeout=STEP) as ws:
+        async with asyncio.timeout(STEP):
+            error = json.loads(await ws.recv())
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.recv()
+    assert closed.value.rcvd is not None
+    return error, closed.value.rcvd
 
-    with pytest.raises(InvalidStatus) as wrong:
-        async with connect(
-            sim.url, additional_headers={"Authorization": "Bearer nope"}, open_timeout=STEP
-        ):
-            pass
-    assert wrong.value.response.status_code == 401
+
+async def test_handshake_auth_path_and_beta(sim: Simulator) -> None:
+    # Credentials and the beta shape are judged after the upgrade, as on the real service
+    # (gauravzqa/llmgw capabilities/captures-ws.md, probes 8b, 10, 10b).
+    url = f"{sim.url}?model=gpt-realtime"
+    error, close = await refused_after_upgrade(url, {})
+    assert error["error"]["code"] is None
+    assert error["error"]["message"] == "Missing bearer or basic authentication in header"
+    assert (close.code, close.reason) == (3000, "invalid_request_error")
+
+    wrong = "sk-wrong-0123456789-NOPE"
+    error, close = await refused_after_upgrade(url, {"Authorization": f"Bearer {wrong}"})
+    assert (error["error"]["type"], error["error"]["code"]) == (
+        "invalid_request_error",
+        "invalid_api_key",
+    )
+    assert error["error"]["message"].startswith("Incorrect API key provided: sk-wrong")
+    assert wrong not in error["error"]["message"] and API_KEY not in json.dumps(error)
+    assert (close.code, close.reason) == (3000, "invalid_request_error.invalid_api_key")
+    await sim.wait_for(lambda s: all(x.closed for x in s.sessions), STEP)
+    assert [s.close_code for s in sim.sessions] == [3000, 3000]
+    assert [s.refused for s in sim.sessions] == [
+        "invalid_request_error",
+        "invalid_request_error.invalid_api_key",
+    ]
+    assert sim.refused == 2 and all(len(s.sent) == 1 for s in sim.sessions)
 
     with pytest.raises(InvalidStatus) as not_found:
         async with connect(
@@ -598,27 +624,24 @@ async def test_handshake_auth_path_and_beta(sim: Simulator) -> None:
         ):
             pass
     assert not_found.value.response.status_code == 404
-    assert sim.sessions == []
+    assert len(sim.sessions) == 2
 
     async with ga_client(sim, **{"api-key": API_KEY}) as client:
         assert client.received[0]["session"]["model"] == "gpt-realtime"
-    assert sim.sessions[0].headers["api-key"] == "<redacted>"
-    assert sim.sessions[0].auth_matched is True
+    assert sim.sessions[-1].headers["api-key"] == "<redacted>"
+    assert sim.sessions[-1].auth_matched is True
 
     headers = {"Authorization": f"Bearer {API_KEY}", "OpenAI-Beta": "realtime=v1"}
-    async with connect(sim.url, additional_headers=headers, open_timeout=STEP) as ws:
-        async with asyncio.timeout(STEP):
-            error = json.loads(await ws.recv())
-            with pytest.raises(ConnectionClosed) as closed:
-                await ws.recv()
+    error, close = await refused_after_upgrade(url, headers)
     assert error["type"] == "error"
     assert error["error"]["code"] == "beta_api_shape_disabled"
-    assert closed.value.rcvd is not None
-    assert closed.value.rcvd.code == 4000
+    assert (close.code, close.reason) == (4000, "invalid_request_error.beta_api_shape_disabled")
     beta_session = await sim.wait_for(lambda s: s.sessions[-1].closed and s.sessions[-1], STEP)
     assert beta_session.close_code == 4000
     assert [e["type"] for e in beta_session.sent] == ["error"]
-    assert_server_event(error)
+    for session in sim.sessions:
+        for event in session.sent:
+            assert_server_event(event)
 
 
 async def test_close_ends_sessions_with_going_away() -> None:
@@ -774,7 +797,10 @@ def vad_session(turn_detection: dict[str, Any] | None, **audio_input: Any) -> di
 
 
 def without_streaming(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [e for e in events if e["type"] not in DELTA_TYPES | {TRANSCRIPTION_DONE}]
+    """The events of a turn but the deltas and the two that come late (asserted in
+    test_full_ptt_turn): the visitor's transcript and the rate limits after response.done."""
+    late = {TRANSCRIPTION_DONE, "rate_limits.updated"}
+    return [e for e in events if e["type"] not in DELTA_TYPES | late]
 
 
 def test_threshold_mapping() -> None:

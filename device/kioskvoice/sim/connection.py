@@ -8,13 +8,13 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from kioskvoice.sim.conversation import Conversation
-from kioskvoice.sim.handshake import BETA_CLOSE_CODE, BETA_MESSAGE
+from kioskvoice.sim.handshake import Refusal
 from kioskvoice.sim.input_audio import InputAudio
 from kioskvoice.sim.outbox import Close, Outbox
 from kioskvoice.sim.responses import ReplySettings, Responses
@@ -22,9 +22,32 @@ from kioskvoice.sim.session import SimSession, deep_merge, lookup
 from kioskvoice.sim.vad import effective_turn_detection
 from kioskvoice.sim.validation import ClientError, validate_session_patch
 
-__all__ = ["Connection", "Host"]
+__all__ = ["SUPPORTED_TYPES", "Connection", "Host"]
 
 log = logging.getLogger(__name__)
+
+SUPPORTED_TYPES: Final = (
+    "session.update",
+    "session.close",
+    "input_audio_buffer.append",
+    "session.input_audio_buffer.append",
+    "input_audio_buffer.commit",
+    "input_audio_buffer.clear",
+    "conversation.item.create",
+    "conversation.item.truncate",
+    "conversation.item.delete",
+    "conversation.item.retrieve",
+    "response.create",
+    "response.cancel",
+)
+"""The client event types the GA service accepts over WebSocket, in the order its ``invalid_value``
+error lists them (gauravzqa/llmgw ``capabilities/captures-ws.md``, probe 8). The SDK's
+``output_audio_buffer.clear`` is not among them: it exists for WebRTC and SIP only."""
+_UNSUPPORTED_TYPE: Final = (
+    "Invalid value: '{}'. Supported values are: "
+    + ", ".join(f"'{t}'" for t in SUPPORTED_TYPES[:-1])
+    + f", and '{SUPPORTED_TYPES[-1]}'."
+)
 
 
 class Host(ReplySettings, Protocol):
@@ -40,12 +63,17 @@ class Connection:
     """One accepted WebSocket: reader, ordered writer, and the protocol handlers."""
 
     def __init__(
-        self, sim: Host, ws: ServerConnection, session: SimSession, *, refuse_beta: bool
+        self,
+        sim: Host,
+        ws: ServerConnection,
+        session: SimSession,
+        *,
+        refusal: Refusal | None = None,
     ) -> None:
         self._sim = sim
         self._ws = ws
         self.session = session
-        self._refuse_beta = refuse_beta
+        self._refusal = refusal
         self._outbox = Outbox()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tg: asyncio.TaskGroup | None = None
@@ -56,13 +84,17 @@ class Connection:
         )
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "session.update": self._on_session_update,
+            "session.close": self._on_session_close,
             "input_audio_buffer.append": self._input.append,
+            "session.input_audio_buffer.append": self._input.append,
             "input_audio_buffer.commit": self._input.commit,
             "input_audio_buffer.clear": self._input.clear,
             "response.create": self._responses.create,
             "response.cancel": self._responses.cancel_active,
             "conversation.item.create": self._on_item_create,
             "conversation.item.truncate": self._conversation.truncate,
+            "conversation.item.delete": self._conversation.delete,
+            "conversation.item.retrieve": self._conversation.retrieve,
         }
 
     # --- I/O shell ------------------------------------------------------------------------
@@ -73,13 +105,14 @@ class Connection:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 self._spawn(self._write_loop())
-                if self._refuse_beta:
-                    self._outbox.error(ClientError("beta_api_shape_disabled", BETA_MESSAGE))
-                    self._outbox.close(BETA_CLOSE_CODE, BETA_MESSAGE)
+                if self._refusal is not None:
+                    # In the same millisecond as the upgrade: the error, then the close.
+                    self._outbox.error(self._refusal.error)
+                    self._outbox.close(self._refusal.close_code, self._refusal.reason)
                 else:
                     self._outbox.emit("session.created", session=self.session.config)
-                    if self._sim.faults.session_cap_s is not None:
-                        self._spawn(self._enforce_cap(self._sim.faults.session_cap_s))
+                    if self.session.cap_s is not None:
+                        self._spawn(self._enforce_cap(self.session.cap_s))
                 await self._read_loop()
                 for task in list(self._tasks):
                     task.cancel()
@@ -92,7 +125,10 @@ class Connection:
 
     async def _enforce_cap(self, cap_s: float) -> None:
         await asyncio.sleep(cap_s)
-        message = f"Your session hit the maximum duration of {cap_s:g} seconds."
+        # As reported of the real service (pollen-robotics/reachy_mini_conversation_app #134):
+        # this error, then a *clean* close 1001 with the same text as its reason.
+        duration = f"{cap_s / 60:g} minutes" if cap_s % 60 == 0 else f"{cap_s:g} seconds"
+        message = f"Your session hit the maximum duration of {duration}."
         self._outbox.error(ClientError("session_expired", message))
         self._outbox.close(1001, message)
         self._sim.capped += 1
@@ -139,25 +175,31 @@ class Connection:
     # --- dispatch -------------------------------------------------------------------------
 
     def _on_message(self, message: str | bytes) -> None:
+        # The texts of the real service (gauravzqa/llmgw capabilities/captures-ws.md, probe 8).
         if isinstance(message, bytes):
             self._outbox.error(
-                ClientError("invalid_type", "Binary frames are not supported; send JSON text.")
+                ClientError(
+                    "invalid_event",
+                    "Expected a text WebSocket message; binary frames are not supported.",
+                )
             )
             return
         try:
             event = json.loads(message)
         except ValueError:
             self._outbox.error(
-                ClientError("invalid_json", "We could not parse the JSON body of your request.")
+                ClientError("invalid_json", "Invalid event: failed to parse JSON value.")
             )
             return
         if not isinstance(event, dict):
-            self._outbox.error(ClientError("invalid_type", "Client events must be JSON objects."))
+            self._outbox.error(
+                ClientError("invalid_event", "Invalid event: expected a JSON object.")
+            )
             return
         if self._sim.record:
             self.session.received.append(event)
         self._sim.notify()
-        if self._refuse_beta:
+        if self._refusal is not None:
             return
         raw_id = event.get("event_id")
         client_event_id = raw_id if isinstance(raw_id, str) else None
@@ -177,12 +219,7 @@ class Connection:
             raise ClientError(fault_code, f"Simulated failure for '{event_type}'.")
         handler = self._handlers.get(event_type)
         if handler is None:
-            supported = ", ".join(f"'{t}'" for t in self._handlers)
-            raise ClientError(
-                "invalid_value",
-                f"Invalid value: '{event_type}'. Supported values are: {supported}.",
-                "type",
-            )
+            raise ClientError("invalid_value", _UNSUPPORTED_TYPE.format(event_type), "type")
         handler(event)
 
     # --- handlers that span concerns --------------------------------------------------------
@@ -201,6 +238,9 @@ class Connection:
         if self._input.vad_params() is None:
             self._input.forget_speech()
         self._outbox.emit("session.updated", session=self.session.config)
+
+    def _on_session_close(self, event: dict[str, Any]) -> None:
+        self._outbox.close(1000, "")
 
     def _on_item_create(self, event: dict[str, Any]) -> None:
         item = self._conversation.create(event)

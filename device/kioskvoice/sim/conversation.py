@@ -1,17 +1,25 @@
-"""The conversation of one connection: its items in server order, ``conversation.item.create``
-and ``conversation.item.truncate`` (checked against the audio actually sent).
+"""The conversation of one connection: its items in server order, ``conversation.item.create``,
+``.truncate`` (checked against the audio actually sent), ``.delete`` and ``.retrieve`` (which,
+as on the real service, returns the item with its audio).
 """
 
 from __future__ import annotations
 
+import base64
+import collections
+import copy
 import math
-from typing import Any
+from typing import Any, Final
 
 from kioskvoice.sim.outbox import Outbox
-from kioskvoice.sim.session import SimSession, Truncation
+from kioskvoice.sim.session import BYTES_PER_MS, SimSession, Truncation
 from kioskvoice.sim.validation import ClientError, normalize_item, require
 
-__all__ = ["Conversation"]
+__all__ = ["AUDIO_KEPT_ITEMS", "Conversation"]
+
+AUDIO_KEPT_ITEMS: Final = 8
+"""Audio is kept for ``conversation.item.retrieve`` for this many of the latest items (a
+soak must not hold every reply in memory); older items are retrieved without it."""
 
 
 class Conversation:
@@ -22,6 +30,16 @@ class Conversation:
         self._outbox = outbox
         self.audio_ms: dict[str, float] = {}
         """Assistant item id -> ms of audio sent so far, the limit of a truncation."""
+        self._audio: collections.OrderedDict[str, bytearray] = collections.OrderedDict()
+
+    def keep_audio(self, item_id: str, pcm: bytes) -> None:
+        """Remember ``pcm`` as (more of) the audio of ``item_id``, for a later retrieve."""
+        kept = self._audio.get(item_id)
+        if kept is None:
+            kept = self._audio[item_id] = bytearray()
+            while len(self._audio) > AUDIO_KEPT_ITEMS:
+                self._audio.popitem(last=False)
+        kept += pcm
 
     def insert(self, item: dict[str, Any], index: int) -> str | None:
         """Insert ``item`` at ``index``; return the id of the item before it (or None)."""
@@ -34,6 +52,30 @@ class Conversation:
 
     def find(self, item_id: str) -> dict[str, Any] | None:
         return next((i for i in self._session.items if i.get("id") == item_id), None)
+
+    def _existing(self, event: dict[str, Any]) -> dict[str, Any]:
+        item_id = require(event, "item_id", str, "")
+        item = self.find(item_id)
+        if item is None:
+            raise ClientError("invalid_value", f"Item with item_id not found: {item_id}", "item_id")
+        return item
+
+    def delete(self, event: dict[str, Any]) -> None:
+        """Handle ``conversation.item.delete``."""
+        item = self._existing(event)
+        self._session.items.remove(item)
+        self._audio.pop(item["id"], None)
+        self._outbox.emit("conversation.item.deleted", item_id=item["id"])
+
+    def retrieve(self, event: dict[str, Any]) -> None:
+        """Handle ``conversation.item.retrieve``: the item as the server holds it now, with
+        the audio of its audio parts (what a truncation left of it)."""
+        item = copy.deepcopy(self._existing(event))
+        audio = self._audio.get(item["id"])
+        for part in item.get("content") or []:
+            if audio is not None and part.get("type") in ("input_audio", "output_audio"):
+                part["audio"] = base64.b64encode(audio).decode("ascii")
+        self._outbox.emit("conversation.item.retrieved", item=item)
 
     def create(self, event: dict[str, Any]) -> dict[str, Any]:
         """Handle ``conversation.item.create``; return the item as stored."""
@@ -63,16 +105,14 @@ class Conversation:
 
     def truncate(self, event: dict[str, Any]) -> None:
         """Handle ``conversation.item.truncate`` of an assistant audio item."""
-        item_id = require(event, "item_id", str, "")
+        item = self._existing(event)
+        item_id = item["id"]
         content_index = require(event, "content_index", int, "")
         audio_end_ms = require(event, "audio_end_ms", int, "")
         if audio_end_ms < 0:
             raise ClientError(
                 "invalid_value", "'audio_end_ms' must not be negative.", "audio_end_ms"
             )
-        item = self.find(item_id)
-        if item is None:
-            raise ClientError("invalid_value", f"Item with item_id not found: {item_id}", "item_id")
         content = item.get("content") or []
         if (
             item.get("role") != "assistant"
@@ -94,6 +134,9 @@ class Conversation:
             )
         # As the real server does: drop the transcript so no unheard text stays in context.
         content[content_index]["transcript"] = None
+        kept = self._audio.get(item_id)
+        if kept is not None:
+            del kept[audio_end_ms * BYTES_PER_MS :]
         self._session.truncations.append(Truncation(item_id, content_index, audio_end_ms))
         self._outbox.emit(
             "conversation.item.truncated",

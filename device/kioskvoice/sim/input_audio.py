@@ -26,7 +26,10 @@ __all__ = ["MIN_COMMIT_MS", "TRANSCRIPTION_DELAY_S", "InputAudio"]
 log = logging.getLogger(__name__)
 
 MIN_COMMIT_MS: Final = 100
-TRANSCRIPTION_DELAY_S: Final = 0.05
+TRANSCRIPTION_DELAY_S: Final = 1.3
+"""Commit to ``...input_audio_transcription.completed``: 1.2-1.4 s on the real service
+(gauravzqa/llmgw capabilities/captures-ws.md, probe 7: 1,411 ms), often after the reply's own
+transcript is done."""
 
 
 class InputAudio:
@@ -79,7 +82,8 @@ class InputAudio:
         """Handle ``input_audio_buffer.commit``."""
         # A manual commit during speech takes the item id speech_started announced.
         item_id = self._vad_item_id or new_id("item")
-        buffered_ms = len(self._buffer) / BYTES_PER_MS
+        audio = bytes(self._buffer)
+        buffered_ms = len(audio) / BYTES_PER_MS
         self._drop_buffer()
         if buffered_ms < MIN_COMMIT_MS:
             raise ClientError(
@@ -87,7 +91,7 @@ class InputAudio:
                 "Error committing input audio buffer: buffer too small. Expected at least "
                 f"{MIN_COMMIT_MS}ms of audio, but buffer only has {buffered_ms:.2f}ms of audio.",
             )
-        self._commit(item_id, buffered_ms)
+        self._commit(item_id, buffered_ms, audio)
 
     def clear(self, event: dict[str, Any]) -> None:
         """Handle ``input_audio_buffer.clear``."""
@@ -100,8 +104,9 @@ class InputAudio:
         self._buffer.clear()
         self.forget_speech()
 
-    def _commit(self, item_id: str, spoken_ms: float) -> None:
-        """Turn committed audio into a user item; ``spoken_ms`` is what the reply reports."""
+    def _commit(self, item_id: str, spoken_ms: float, audio: bytes) -> None:
+        """Turn committed ``audio`` into a user item; ``spoken_ms`` is what the reply
+        reports."""
         item = {
             "id": item_id,
             "type": "message",
@@ -111,6 +116,7 @@ class InputAudio:
             "content": [{"type": "input_audio", "transcript": None}],
         }
         previous = self._conversation.append(item)
+        self._conversation.keep_audio(item_id, audio)
         self._responses.reply_ms = spoken_ms
         emit = self._outbox.emit
         emit("input_audio_buffer.committed", previous_item_id=previous, item_id=item["id"])
@@ -144,9 +150,10 @@ class InputAudio:
         )
         # Commit the buffer up to audio_end_ms; audio appended after it starts the next one.
         cut = min(len(self._buffer), max(0, edge.at_ms * BYTES_PER_MS - self._buffer_start))
+        audio = bytes(self._buffer[:cut])
         del self._buffer[:cut]
         self._buffer_start += cut
-        self._commit(item_id, edge.speech_ms)
+        self._commit(item_id, edge.speech_ms, audio)
         if not params.create_response:
             return
         active = self._responses.active

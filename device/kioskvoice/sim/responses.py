@@ -3,8 +3,10 @@ connection, what it answers, and its ``response.created``/``response.done`` (the
 between is :mod:`kioskvoice.sim.streaming`'s).
 
 A response runs as a child task of its connection. :class:`~kioskvoice.sim.faults.Faults` is
-read when it starts (``reply_delay_s``, ``fail_responses``) and after its ``response.done``
-(``drop_after_response``).
+read when it starts (``reply_delay_s``, ``fail_responses``, ``fail_code``) and after its
+``response.done`` (``drop_after_response``). As on the real service, a failed response still
+starts with ``response.created``, and every ``response.done`` is followed about 40 ms later by
+``rate_limits.updated`` (gauravzqa/llmgw capabilities/captures-ws.md, probe 8: 43 ms).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from kioskvoice.sim.conversation import Conversation
 from kioskvoice.sim.faults import Faults
@@ -22,9 +24,41 @@ from kioskvoice.sim.session import BYTES_PER_MS, SimSession, lookup, new_id
 from kioskvoice.sim.streaming import Response, Streamer, StreamSettings
 from kioskvoice.sim.validation import ClientError, validate_response_options
 
-__all__ = ["ReplySettings", "Responses", "Spawn", "response_object", "usage"]
+__all__ = [
+    "RATE_LIMITS_AFTER_S",
+    "TOKENS_LIMIT",
+    "ReplySettings",
+    "Responses",
+    "Spawn",
+    "failure",
+    "response_object",
+    "usage",
+]
 
 log = logging.getLogger(__name__)
+
+RATE_LIMITS_AFTER_S: Final = 0.04
+TOKENS_LIMIT: Final = 15_000_000
+_FAILURES: Final[dict[str, tuple[str, str]]] = {
+    # code: (type, message), as the service words them (community.openai.com/t/1005042).
+    "insufficient_quota": (
+        "insufficient_quota",
+        "You exceeded your current quota, please check your plan and billing details. For "
+        "more information on this error, read the docs: "
+        "https://platform.openai.com/docs/guides/error-codes/api-errors.",
+    ),
+    "server_error": (
+        "server_error",
+        "The server had an error while processing your request. Sorry about that!",
+    ),
+}
+
+
+def failure(code: str) -> dict[str, Any]:
+    """``status_details`` of a response that failed for ``code``."""
+    error_type, message = _FAILURES.get(code, ("invalid_request_error", f"Failed: {code}."))
+    return {"type": "failed", "error": {"type": error_type, "code": code, "message": message}}
+
 
 Spawn = Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
 """Start a child task of the connection (it ends when the connection does)."""
@@ -38,11 +72,17 @@ class ReplySettings(StreamSettings, Protocol):
 
 
 def usage(
-    input_text: str, input_audio_ms: float, output_text: str, output_audio_ms: float
+    input_text: str,
+    input_audio_ms: float,
+    output_text: str,
+    output_audio_ms: float,
+    *,
+    failed: bool = False,
 ) -> dict[str, Any]:
-    """Plausible token counts: ~4 characters per text token, 10 (in) / 20 (out) audio tokens/s."""
-    in_text = max(1, math.ceil(len(input_text) / 4))
-    in_audio = math.ceil(input_audio_ms / 100)
+    """Plausible token counts: ~4 characters per text token, 10 (in) / 20 (out) audio tokens/s;
+    all zero for a failed response, as the real service reports it."""
+    in_text = 0 if failed else max(1, math.ceil(len(input_text) / 4))
+    in_audio = 0 if failed else math.ceil(input_audio_ms / 100)
     out_text = math.ceil(len(output_text) / 4)
     out_audio = math.ceil(output_audio_ms / 50)
     return {
@@ -92,6 +132,7 @@ def response_object(
                 response.input_audio_ms,
                 response.text_sent,
                 response.audio_bytes_sent / BYTES_PER_MS,
+                failed=status == "failed",
             )
             if finished
             else None
@@ -118,6 +159,7 @@ class Responses:
         self._spawn = spawn
         self._streamer = Streamer(sim, outbox, conversation)
         self._conversation_id = new_id("conv")
+        self._tokens_left = TOKENS_LIMIT
         self.active: Response | None = None
         self.reply_ms: float | None = None
         """Milliseconds of committed speech the next response answers (None: nothing heard)."""
@@ -189,10 +231,25 @@ class Responses:
         if response.item is not None:
             response.item["status"] = "incomplete"
             response.item["content"] = [response.final_part()]
-        self._outbox.emit(
-            "response.done",
-            response=self._object(response, "cancelled", {"type": "cancelled", "reason": reason}),
+        self._finish(response, "cancelled", {"type": "cancelled", "reason": reason})
+
+    def _finish(
+        self, response: Response, status: str, status_details: dict[str, Any] | None = None
+    ) -> None:
+        """Send the ``response.done`` of ``response``; ``rate_limits.updated`` follows."""
+        self.active = None
+        done = self._outbox.emit(
+            "response.done", response=self._object(response, status, status_details)
         )
+        used = done["response"]["usage"]["total_tokens"]
+        self._spawn(self._rate_limits(used))
+
+    async def _rate_limits(self, used_tokens: int) -> None:
+        await asyncio.sleep(RATE_LIMITS_AFTER_S)
+        self._tokens_left = max(0, self._tokens_left - used_tokens)
+        limits = {"name": "tokens", "limit": TOKENS_LIMIT, "remaining": self._tokens_left,
+                  "reset_seconds": 0.001}  # fmt: skip
+        self._outbox.emit("rate_limits.updated", rate_limits=[limits])
 
     def _object(
         self, response: Response, status: str, status_details: dict[str, Any] | None = None
@@ -205,46 +262,37 @@ class Responses:
             conversation_id=self._conversation_id,
         )
 
-    def _done(self, response: Response) -> None:
-        """Send the ``response.done`` of a response that completed."""
-        self.active = None
-        self._outbox.emit("response.done", response=self._object(response, "completed"))
+    def _fail(self, response: Response, code: str) -> None:
+        """End ``response`` as failed for ``code``; ``response.created`` comes first, always."""
+        if not response.created_sent:
+            self._outbox.emit("response.created", response=self._object(response, "in_progress"))
+            response.created_sent = True
+        self._finish(response, "failed", failure(code))
 
     async def _run(self, response: Response) -> None:
         try:
             await self._stream(response)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception:
             # A simulator bug must not take the connection down; report it like the server.
             log.exception("sim response %s failed", response.id)
             if self.active is response:
-                self.active = None
-                self._outbox.error(
-                    ClientError("server_error", f"Simulator failure: {exc!r}", None, "server_error")
-                )
-                self._outbox.emit(
-                    "response.done",
-                    response=self._object(
-                        response,
-                        "failed",
-                        {"type": "failed", "error": {"type": "server_error", "code": None}},
-                    ),
-                )
+                self._fail(response, "server_error")
 
     async def _stream(self, response: Response) -> None:
         delay = self._sim.faults.reply_delay_s
         if delay > 0:
             await asyncio.sleep(delay)
         if self._sim.faults.fail_responses:
-            raise RuntimeError("simulated response failure")
+            self._fail(response, self._sim.faults.fail_code)
+            return
         self._outbox.emit("response.created", response=self._object(response, "in_progress"))
         response.created_sent = True
         if response.tool_call is not None:
             await self._streamer.function_call(response, *response.tool_call)
-            self._done(response)
-            return
-        await self._streamer.message(response)
-        self._done(response)
+        else:
+            await self._streamer.message(response)
+        self._finish(response, "completed")
         if self._sim.faults.drop_after_response:
             self._outbox.close(1006, "", abort=True)

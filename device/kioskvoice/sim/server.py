@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Final, TypeVar
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -16,11 +16,12 @@ from websockets.http11 import Request, Response
 from kioskvoice.sim.connection import Connection
 from kioskvoice.sim.faults import Faults
 from kioskvoice.sim.handshake import (
+    AZURE_PATH,
     REALTIME_PATH,
     ClientSecrets,
     check_request,
     new_session,
-    wants_beta,
+    refusal,
 )
 from kioskvoice.sim.session import SimSession
 
@@ -38,6 +39,9 @@ class Simulator:
 
     Constructing it does no I/O; :meth:`start` binds. Use as ``async with Simulator() as sim``.
     ``api_key=None`` accepts any bearer token (one is still required, as on the real API).
+    ``models``: the model ids (Azure: deployment names) served; None serves the SDK's realtime
+    model families. Sessions are served at :attr:`url` (OpenAI's path) and :attr:`azure_url`
+    (Azure's GA path).
     Reply audio is sent as ``burst_ms`` of PCM per ``response.output_audio.delta``, one delta
     every ``burst_interval_s`` seconds, i.e. faster than real time with the defaults.
     """
@@ -52,6 +56,7 @@ class Simulator:
         burst_interval_s: float = 0.05,
         faults: Faults | None = None,
         record: bool = True,
+        models: Collection[str] | None = None,
     ) -> None:
         if burst_ms <= 0:
             raise ValueError("burst_ms must be positive")
@@ -72,7 +77,9 @@ class Simulator:
         self.capped = 0
         """Sessions ended by the session cap (``Faults.session_cap_s``)."""
         self.refused = 0
-        """Handshakes answered with an HTTP error (bad credential, outage)."""
+        """Connections refused: an HTTP error (unknown path, outage), or an ``error`` and a
+        close right after the upgrade (credential, model, beta shape)."""
+        self.models = frozenset(models) if models is not None else None
         self._api_key = api_key
         self._connections: list[Connection] = []
         self._secrets = ClientSecrets()
@@ -82,8 +89,18 @@ class Simulator:
     @property
     def url(self) -> str:
         """``ws://host:port/v1/realtime``; meaningful after :meth:`start`."""
+        return self._base + REALTIME_PATH
+
+    @property
+    def azure_url(self) -> str:
+        """Azure's GA endpoint, ``ws://host:port/openai/v1/realtime`` (add
+        ``?model=DEPLOYMENT``); meaningful after :meth:`start`."""
+        return self._base + AZURE_PATH
+
+    @property
+    def _base(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"ws://{host}:{self.port}{REALTIME_PATH}"
+        return f"ws://{host}:{self.port}"
 
     async def start(self) -> None:
         """Bind and start accepting connections; afterwards :attr:`port` is the real port."""
@@ -161,13 +178,7 @@ class Simulator:
     # --- connections ------------------------------------------------------------------------
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        response = check_request(
-            connection,
-            request,
-            api_key=self._api_key,
-            client_secrets=self._secrets,
-            faults=self.faults,
-        )
+        response = check_request(connection, request, faults=self.faults)
         if response is not None:
             self.refused += 1
             self.notify()
@@ -176,11 +187,19 @@ class Simulator:
     async def _handle(self, ws: ServerConnection) -> None:
         request = ws.request
         assert request is not None  # handshake completed
-        session = new_session(request, api_key=self._api_key, client_secrets=self._secrets)
+        refused = refusal(
+            request, api_key=self._api_key, client_secrets=self._secrets, models=self.models
+        )
+        session = new_session(
+            request, api_key=self._api_key, client_secrets=self._secrets, faults=self.faults
+        )
+        if refused is not None:
+            session.refused = refused.reason
+            self.refused += 1
         self.sessions.append(session)
         self.notify()
         log.info("sim session %s opened (model %s)", session.id, session.model)
-        connection = Connection(self, ws, session, refuse_beta=wants_beta(request.headers))
+        connection = Connection(self, ws, session, refusal=refused)
         self._connections.append(connection)
         try:
             await connection.run()

@@ -13,6 +13,7 @@ from typing import Any, Final, NamedTuple
 __all__ = [
     "BYTES_PER_MS",
     "DEFAULT_INSTRUCTIONS",
+    "DEFAULT_VOICE",
     "SAMPLE_RATE",
     "SimSession",
     "Truncation",
@@ -26,6 +27,7 @@ DEFAULT_INSTRUCTIONS: Final = (
     "You are a helpful voice assistant. Answer briefly and speak clearly. "
     "(This is the kioskvoice Realtime simulator.)"
 )
+DEFAULT_VOICE: Final = "alloy"
 SAMPLE_RATE: Final = 24000
 BYTES_PER_MS: Final = SAMPLE_RATE * 2 // 1000  # PCM16 mono
 
@@ -71,6 +73,11 @@ class SimSession:
     """For a minted ``ek_`` secret: its remaining lifetime when the connection was accepted."""
     started_at: float = field(default_factory=time.monotonic)
     """Monotonic time the session was accepted."""
+    cap_s: float | None = None
+    """Age at which the server cuts the session (``session_expired``, close 1001)."""
+    refused: str | None = None
+    """Why the upgraded connection was refused at once (the close reason, e.g.
+    ``invalid_request_error.invalid_api_key``); None for a session that opened."""
 
     def sent_of_type(self, event_type: str) -> list[dict[str, Any]]:
         """The sent events of one type, in order."""
@@ -82,8 +89,9 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:22]}"
 
 
-def default_session_config(session_id: str, model: str) -> dict[str, Any]:
-    """The session a fresh GA connection starts with (server VAD on, as the real server does).
+def default_session_config(session_id: str, model: str, expires_at: Any = None) -> dict[str, Any]:
+    """The session a fresh GA connection starts with, as the real server announces it: server
+    VAD on, voice ``alloy``, and ``expires_at`` (Unix seconds) when the session will be cut.
 
     The VAD runs (see :class:`~kioskvoice.sim.vad.EnergyVad`) until a client sets
     ``turn_detection`` to null.
@@ -93,6 +101,7 @@ def default_session_config(session_id: str, model: str) -> dict[str, Any]:
         "type": "realtime",
         "object": "realtime.session",
         "id": session_id,
+        "expires_at": expires_at,
         "model": model,
         "output_modalities": ["audio"],
         "instructions": DEFAULT_INSTRUCTIONS,
@@ -118,7 +127,7 @@ def default_session_config(session_id: str, model: str) -> dict[str, Any]:
                     "interrupt_response": True,
                 },
             },
-            "output": {"format": dict(pcm), "voice": "marin", "speed": 1.0},
+            "output": {"format": dict(pcm), "voice": DEFAULT_VOICE, "speed": 1.0},
         },
     }
 

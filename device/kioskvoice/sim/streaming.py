@@ -1,6 +1,9 @@
 """Response streaming: the output of one response as the GA server streams it, between its
 ``response.created`` and ``response.done`` (which :mod:`kioskvoice.sim.responses` sends):
 speech (audio deltas with the transcript interleaved), text, or a function call.
+
+Content deltas carry ``obfuscation``, random padding the real service adds so that frame sizes
+do not reveal the content (gauravzqa/llmgw capabilities/captures-ws.md, probes 7 and 8).
 """
 
 from __future__ import annotations
@@ -9,7 +12,9 @@ import asyncio
 import base64
 import json
 import math
+import random
 import re
+import string
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -18,9 +23,15 @@ from kioskvoice.sim.outbox import Outbox
 from kioskvoice.sim.session import BYTES_PER_MS, SAMPLE_RATE, new_id
 from kioskvoice.sim.voice import synthesize
 
-__all__ = ["Response", "StreamSettings", "Streamer"]
+__all__ = ["Response", "StreamSettings", "Streamer", "obfuscation"]
 
 _WORD_RE: Final = re.compile(r"\s*\S+")
+_PADDING: Final = string.ascii_letters + string.digits
+
+
+def obfuscation() -> str:
+    """Random padding of random length, as the real service sends with each content delta."""
+    return "".join(random.choices(_PADDING, k=random.randint(4, 16)))
 
 
 class StreamSettings(Protocol):
@@ -167,8 +178,11 @@ class Streamer:
                 **ids,
                 content_index=0,
                 delta=base64.b64encode(chunk).decode("ascii"),
+                obfuscation=obfuscation(),
             )
             response.audio_bytes_sent += len(chunk)
+            if response.in_conversation:
+                self._conversation.keep_audio(response.item_id, chunk)
             self._conversation.audio_ms[response.item_id] = response.audio_bytes_sent / BYTES_PER_MS
             due = math.ceil((index + 1) * len(words) / len(chunks))
             while words_sent < due:
@@ -180,7 +194,11 @@ class Streamer:
     def _transcript_delta(self, response: Response, ids: dict[str, Any], word: str) -> None:
         response.text_sent += word
         self._outbox.emit(
-            "response.output_audio_transcript.delta", **ids, content_index=0, delta=word
+            "response.output_audio_transcript.delta",
+            **ids,
+            content_index=0,
+            delta=word,
+            obfuscation=obfuscation(),
         )
 
     async def _text(self, response: Response, ids: dict[str, Any]) -> None:
@@ -188,4 +206,10 @@ class Streamer:
             if index:
                 await asyncio.sleep(self._sim.burst_interval_s)
             response.text_sent += word
-            self._outbox.emit("response.output_text.delta", **ids, content_index=0, delta=word)
+            self._outbox.emit(
+                "response.output_text.delta",
+                **ids,
+                content_index=0,
+                delta=word,
+                obfuscation=obfuscation(),
+            )
