@@ -238,7 +238,7 @@ async def test_diag_over_the_journal_with_a_live_daemon(journal, tmp_path: Path,
         "dropped_frames": 0,
         "api_key": SECRET,
     }
-    server = ControlServer(socket_path, lambda cmd: status)
+    server = ControlServer(socket_path, lambda cmd, request: status)
     await server.start()
     try:
         args = ["--since", f"@{since / 1e6:.6f}", "--socket", str(socket_path)]

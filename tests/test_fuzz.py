@@ -118,7 +118,9 @@ def assert_one_clear_line(exc: Exception) -> None:
     | st.fixed_dictionaries({"cmd": json_values}).map(lambda v: json.dumps(v).encode())
 )
 def test_any_control_line_gets_an_answer(line: bytes) -> None:
-    server = ControlServer(Path("/nonexistent/control.sock"), lambda cmd: {"state": "idle"})
+    server = ControlServer(
+        Path("/nonexistent/control.sock"), lambda cmd, request: {"state": "idle"}
+    )
     reply = server._answer(line)
     assert isinstance(reply["ok"], bool)
     json.dumps(reply)  # the reply itself can always be sent

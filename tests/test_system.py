@@ -20,7 +20,7 @@ from kioskvoice.system.logging import REDACTOR, log_event, setup_logging
 async def test_control_socket_round_trip(tmp_path: Path) -> None:
     calls: list[str] = []
 
-    def handler(cmd: str) -> dict:
+    def handler(cmd: str, request: dict) -> dict:
         calls.append(cmd)
         return {"state": "idle"}
 
@@ -44,12 +44,12 @@ async def test_control_socket_round_trip(tmp_path: Path) -> None:
 
 async def test_stale_socket_is_replaced(tmp_path: Path) -> None:
     path = tmp_path / "control.sock"
-    first = ControlServer(path, lambda cmd: {})
+    first = ControlServer(path, lambda cmd, request: {})
     await first.start()
     first._server.close()  # simulate a crashed daemon: the file stays, nobody listens
     await first._server.wait_closed()
     assert path.exists()
-    second = ControlServer(path, lambda cmd: {"state": "idle"})
+    second = ControlServer(path, lambda cmd, request: {"state": "idle"})
     await second.start()
     try:
         assert (await asyncio.to_thread(request, path, "status"))["ok"]
@@ -59,7 +59,7 @@ async def test_stale_socket_is_replaced(tmp_path: Path) -> None:
 
 async def test_malformed_requests_get_an_error_reply(tmp_path: Path) -> None:
     path = tmp_path / "control.sock"
-    server = ControlServer(path, lambda cmd: {})
+    server = ControlServer(path, lambda cmd, request: {})
     await server.start()
     try:
         reader, writer = await asyncio.open_unix_connection(str(path))
@@ -75,7 +75,7 @@ async def test_nested_json_and_a_crowd_of_clients_are_refused_cleanly(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "control.sock"
-    server = ControlServer(path, lambda cmd: {"state": "idle"})
+    server = ControlServer(path, lambda cmd, request: {"state": "idle"})
     await server.start()
     clients = []
     try:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from . import jobs
@@ -21,6 +22,7 @@ from .audio.resilient import ResilientAudio
 from .audio.streams import FrameQueue
 from .config import Settings
 from .dsp.chain import CaptureChain, DspOptions
+from .errors import AudioDeviceError
 from .events import (
     DeviceBack,
     DeviceLost,
@@ -45,6 +47,7 @@ from .tool_calls import ToolCalls
 from .tools import declarations
 from .transcripts import TranscriptLog
 from .turn_audio import TurnAudio
+from .wavio import read_wav
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +148,7 @@ class App:
             on_back=lambda: self._call_threadsafe(self.post, DeviceBack()),
         )
         panel = Panel(settings.gpio, self.post, pin_factory=self._pin_factory)
-        control = ControlServer(settings.control.socket, self._control)
+        control = ControlServer(settings.control.socket, _Commands(self, audio))
         chain: CaptureChain | None = None
         try:
             audio.open()
@@ -297,15 +300,6 @@ class App:
             "silent_turns": self.kiosk.silent_turns,
         }
 
-    def _control(self, cmd: str) -> dict[str, Any]:
-        if cmd == "press":
-            self.post(Press("ctl"))
-        elif cmd == "release":
-            self.post(Release("ctl"))
-        elif cmd == "reset":
-            self.post(Reset("ctl"))
-        return self.status()
-
 
 def _capture_chain(settings: Settings, out_rate: int) -> CaptureChain:
     a = settings.audio
@@ -328,3 +322,42 @@ def _log_delay(delay_ms: float, confidence: float) -> None:
         delay_ms=round(delay_ms, 1),
         confidence=round(confidence, 1),
     )
+
+
+class _Commands:
+    """What the control socket's commands do to the running kiosk (``kioskvoice ctl``)."""
+
+    def __init__(self, app: App, audio: ResilientAudio) -> None:
+        self._app = app
+        self._audio = audio
+
+    def __call__(self, cmd: str, request: dict[str, Any]) -> dict[str, Any]:
+        app = self._app
+        if cmd == "say":
+            self._say(request.get("path"))
+        elif cmd == "press":
+            app.post(Press("ctl"))
+        elif cmd == "release":
+            app.post(Release("ctl"))
+        elif cmd == "reset":
+            app.post(Reset("ctl"))
+        return app.status()
+
+    def _say(self, path: Any) -> None:
+        """The room's visitor speaks the WAV at ``path``; ValueError (one line) otherwise."""
+        room = self._audio.room
+        if room is None:
+            raise ValueError(
+                "ctl say needs the virtual room: set audio.input_device and "
+                'audio.output_device to the same "room:..." string'
+            )
+        if not isinstance(path, str):
+            raise ValueError('say needs "path": a mono WAV file')
+        try:
+            pcm, rate, channels = read_wav(Path(path))
+        except AudioDeviceError as exc:
+            raise ValueError(str(exc)) from None
+        if channels != 1:
+            raise ValueError(f"{path}: must be mono")
+        seconds = room.say(pcm, rate)
+        log.info("the room's visitor says %s (%.1f s)", Path(path).name, seconds)

@@ -51,7 +51,8 @@ def _add_ctl(sub: Any) -> None:
     p = sub.add_parser("ctl", help="talk to a running daemon over its control socket")
     _config_arg(p)
     p.add_argument("--socket", type=Path, default=None, help="control socket path")
-    p.add_argument("cmd", choices=["status", "press", "release", "reset"])
+    p.add_argument("cmd", choices=["status", "press", "release", "reset", "say"])
+    p.add_argument("path", nargs="?", type=Path, help="say: the WAV the room's visitor speaks")
 
 
 def _add_simulate(sub: Any) -> None:
@@ -232,7 +233,16 @@ def _ctl(args: argparse.Namespace) -> int:
     from .system.control_client import request, socket_path
 
     path = args.socket or socket_path(args.config)
-    reply = request(path, args.cmd)
+    fields = {}
+    if args.cmd == "say":
+        if args.path is None:
+            print("kioskvoice: ctl say needs the WAV file to speak", file=sys.stderr)
+            return 2
+        fields["path"] = str(args.path.resolve())
+    reply = request(path, args.cmd, **fields)
+    if not reply.get("ok"):
+        print(f"kioskvoice: {reply.get('error', 'refused')}", file=sys.stderr)
+        return 1
     print(json.dumps(reply, indent=2))
     return 0 if reply.get("ok") else 1
 

@@ -13,6 +13,7 @@ from ..errors import AudioDeviceError
 from .devices import WAV_PREFIX, open_portaudio
 from .player import Player
 from .portaudio import PortAudioDuplex
+from .room import ROOM_PREFIX, RoomDevice
 from .streams import BlockCallback, open_input, open_output
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,13 @@ class ResilientAudio:
         self.last_progress_at = time.monotonic()
 
     @property
+    def room(self) -> RoomDevice | None:
+        """The virtual room, when the devices are one (``room:``)."""
+        session = self._session
+        duplex = session.duplex if session is not None else None
+        return duplex if isinstance(duplex, RoomDevice) else None
+
+    @property
     def output_block_samples(self) -> int:
         """Samples per playback block (for :class:`Player`)."""
         assert self.output_rate is not None, "open() first"
@@ -179,6 +187,16 @@ class ResilientAudio:
         self._want_duplex = self.duplex
 
     def _open_session(self) -> _Session:
+        if ROOM_PREFIX in (self.input_spec[:5], self.output_spec[:5]):
+            if self.input_spec != self.output_spec:
+                raise AudioDeviceError(
+                    "a room: device is the microphone and the speaker at once: set "
+                    "audio.input_device and audio.output_device to the same room: string"
+                )
+            room = RoomDevice(
+                self.input_spec, rate=self.rate, channels=self.channels, frame_ms=self.frame_ms
+            )
+            return _Session(None, duplex=room)  # type: ignore[arg-type]
         needs_pa = not (
             self.input_spec.startswith(WAV_PREFIX) and self.output_spec.startswith(WAV_PREFIX)
         )

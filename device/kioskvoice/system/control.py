@@ -1,7 +1,8 @@
 """The local control socket: JSON lines over a unix stream socket.
 
-Request: ``{"cmd": "status" | "press" | "release" | "reset"}``; reply: one JSON object with
-``ok``. ``reset`` starts a new visitor (the conversation is forgotten).
+Request: ``{"cmd": "status" | "press" | "release" | "reset" | "say", ...}``; reply: one JSON
+object with ``ok``. ``reset`` starts a new visitor (the conversation is forgotten); ``say``
+(with ``"path"``: a mono WAV) has the visitor in a ``room:`` device speak that file.
 The socket is created mode 0660 so the service's group (and root) may use it.
 """
 
@@ -22,15 +23,20 @@ from .control_client import MAX_LINE
 
 log = logging.getLogger(__name__)
 
-COMMANDS = ("status", "press", "release", "reset")
+COMMANDS = ("status", "press", "release", "reset", "say")
 MAX_CLIENTS = 8  # ctl, diag and a watcher or two; more is a runaway script or an attack
 
 
 class ControlServer:
-    """Serves ``handler(cmd) -> dict`` on a unix socket; one request per line."""
+    """Serves ``handler(cmd, request) -> dict`` on a unix socket; one request per line. A
+    handler raising ValueError refuses the request with its message (one line)."""
 
     def __init__(
-        self, path: Path, handler: Callable[[str], dict[str, Any]], *, timeout_s: float = 5.0
+        self,
+        path: Path,
+        handler: Callable[[str, dict[str, Any]], dict[str, Any]],
+        *,
+        timeout_s: float = 5.0,
     ) -> None:
         self.path = Path(path)
         self._handler = handler
@@ -87,11 +93,13 @@ class ControlServer:
             request = json.loads(line)
             cmd = request["cmd"]
         except (ValueError, KeyError, TypeError, RecursionError):  # nesting: a hostile line
-            return {"ok": False, "error": 'expected {"cmd": "status|press|release|reset"}'}
+            return {"ok": False, "error": 'expected {"cmd": "status|press|release|reset|say"}'}
         if cmd not in COMMANDS:
             return {"ok": False, "error": f"unknown command {cmd!r}"}
         try:
-            return {"ok": True, **self._handler(cmd)}
+            return {"ok": True, **self._handler(cmd, request)}
+        except ValueError as exc:
+            return {"ok": False, "error": str(exc).splitlines()[0] if str(exc) else "refused"}
         except Exception as exc:  # the daemon must outlive a bad request
             log.exception("control command %s failed", cmd)
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}

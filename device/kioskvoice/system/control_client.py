@@ -52,13 +52,14 @@ def socket_path(config: Path | None = None) -> Path:
     return Path(value) if isinstance(value, str) and value else DEFAULT_SOCKET
 
 
-def request(path: Path, cmd: str, *, timeout_s: float = 5.0) -> dict[str, Any]:
-    """Send one command to a running daemon and return its reply (blocking, with a timeout)."""
+def request(path: Path, cmd: str, /, *, timeout_s: float = 5.0, **fields: Any) -> dict[str, Any]:
+    """Send one command (with ``fields``, e.g. ``path`` for ``say``) to a running daemon and
+    return its reply (blocking, with a timeout)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout_s)
         try:
             sock.connect(str(path))
-            sock.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+            sock.sendall(json.dumps({"cmd": cmd, **fields}).encode() + b"\n")
             data = b""
             while not data.endswith(b"\n"):
                 chunk = sock.recv(MAX_LINE)
