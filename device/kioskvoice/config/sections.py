@@ -50,8 +50,10 @@ class RealtimeSettings(_Section):
     device_token: SecretStr | None = None
     """This kiosk's token for the broker. Prefer a systemd credential named
     ``realtime.device_token``."""
-    session_max_s: Annotated[float, Field(ge=5, le=7200)] = 1800.0
-    """Longest a session may live: OpenAI caps sessions at 60 min, Azure at 30."""
+    session_max_s: Annotated[float, Field(ge=5, le=7200)] | None = None
+    """Longest a session may live before the kiosk rolls over to a fresh one. Unset: follow
+    the cap the server announces in ``session.created`` (``expires_at``: 60 min on OpenAI,
+    30 on Azure); set it only to roll over earlier than that."""
     rollover_margin_s: Annotated[float, Field(ge=1, le=3600)] = 120.0
     """How long before the cap the next session is opened (make-before-break)."""
     deliver_within_s: Annotated[float, Field(ge=0, le=120)] = 10.0
@@ -84,7 +86,8 @@ class RealtimeSettings(_Section):
 
     @model_validator(mode="after")
     def _margin_below_cap(self) -> RealtimeSettings:
-        if self.rollover_margin_s >= self.session_max_s:
+        # With the server's own cap the margin is clamped to a third of the session's life.
+        if self.session_max_s is not None and self.rollover_margin_s >= self.session_max_s:
             raise ValueError(
                 f"rollover_margin_s ({self.rollover_margin_s:g}) must be less than "
                 f"session_max_s ({self.session_max_s:g})"

@@ -98,9 +98,13 @@ def check_realtime(rig: Rig) -> CheckResult:
     try:
         took, _session = asyncio.run(connect())
     except LinkError as exc:
-        if exc.code in ("invalid_api_key", "unauthorized", "broker_unauthorized", "http_401"):
+        # The real service refuses after the upgrade: an error code, then close 3000 (key)
+        # or 4000 (model, beta shape); either may be all the kiosk saw.
+        if exc.code in (
+            "invalid_api_key", "unauthorized", "broker_unauthorized", "http_401", "close_3000"
+        ):  # fmt: skip
             hint = "the service refused the kiosk's key: provision a valid key or device token"
-        elif exc.code == "model_not_found":
+        elif exc.code in ("model_not_found", "invalid_model", "missing_model", "close_4000"):
             hint = f"the service does not know realtime.model={r.model!r}"
         else:
             hint = f"the Realtime session failed: {exc}"
