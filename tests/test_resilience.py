@@ -11,12 +11,13 @@ import time
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from conftest import TEST_KEY
+from conftest import TEST_KEY, register_secret
 from harness import BUTTON_PIN, Running, kiosk_settings
 from kioskvoice.app import App
 from kioskvoice.events import LinkState, State
 from kioskvoice.sim import Faults, Simulator
 from kioskvoice.sim.broker import BrokerStub
+from kioskvoice.system.logging import REDACTOR
 from realtime_schema import assert_client_event
 
 pytestmark = pytest.mark.timeout(90)
@@ -100,10 +101,21 @@ async def test_rollover_beats_the_session_cap(speech_wav, tmp_path, button) -> N
 
 async def test_token_broker_secrets(speech_wav, tmp_path, button, caplog) -> None:
     factory, pin = button
-    caplog.set_level(logging.DEBUG)
+    # The kiosk's own records at debug; websockets' debug lines print the Authorization
+    # header, which only the daemon's redacting handlers (not pytest's capture) would mask.
+    caplog.set_level(logging.DEBUG, logger="kioskvoice")
     # The simulator accepts only secrets its broker minted (its own key is never used).
     sim = Simulator(api_key="sk-not-on-the-kiosk-0000000000")
     broker = BrokerStub(sim, DEVICE_TOKEN, ttl_s=6, fail_with=[503])
+    minted: list[str] = []
+    mint = sim.mint_secret
+
+    def recording_mint(ttl_s: float) -> dict:
+        secret = mint(ttl_s)
+        minted.append(register_secret(secret["value"]))  # no test output may show it
+        return secret
+
+    sim.mint_secret = recording_mint  # type: ignore[method-assign]
     async with sim, broker:
         settings = kiosk_settings(
             sim.url,
@@ -136,6 +148,9 @@ async def test_token_broker_secrets(speech_wav, tmp_path, button, caplog) -> Non
     assert DEVICE_TOKEN not in caplog.text
     for session in sim.sessions:
         assert DEVICE_TOKEN not in str(session.headers)
+    # Every short-lived secret the kiosk received is masked in its logs (issue 17).
+    assert len(minted) == 4 and all(value.startswith("ek_") for value in minted)
+    assert all(REDACTOR.scrub(f"key={value}") == "key=****" for value in minted)
 
 
 async def test_unanswered_pings_replace_the_link(speech_wav, tmp_path, button) -> None:

@@ -124,3 +124,15 @@ def test_secrets_are_redacted_everywhere() -> None:
     assert secret not in output
     assert output.count("****") >= 4
     assert "event=error" in output
+
+
+def test_short_lived_secrets_are_masked_while_they_are_among_the_newest() -> None:
+    from kioskvoice.system.logging import EPHEMERAL_KEPT, Redactor
+
+    redactor = Redactor()
+    secrets = [f"ek_minted_{n:04d}_abcdef" for n in range(EPHEMERAL_KEPT + 3)]
+    for secret in secrets:
+        redactor.add_ephemeral(secret)
+    assert redactor.scrub(f"using {secrets[-1]}") == "using ****"
+    assert redactor.scrub(secrets[-EPHEMERAL_KEPT]) == "****"
+    assert redactor.scrub(secrets[0]) == secrets[0]  # long expired: no longer scanned for

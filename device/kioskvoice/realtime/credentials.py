@@ -17,18 +17,14 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Protocol
-
-import httpx
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_delay,
-    wait_exponential_jitter,
-)
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import RealtimeSettings
 from ..errors import ConfigError, LinkError
+
+if TYPE_CHECKING:
+    import httpx  # with tenacity, imported at the first fetch: a kiosk with a static key
+    # never loads them (3.5 MB of the daemon's memory)
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -36,7 +32,9 @@ class Secret:
     """A connection secret. ``repr`` and ``str`` never show the value."""
 
     value: str
-    expires_at: float | None = None  # monotonic seconds, None = no expiry
+    expires_at: float | None = None
+    """Monotonic seconds when a short-lived secret stops opening sessions (None: a static
+    key). The opener registers it with the log redactor and warns when little is left."""
 
     def __repr__(self) -> str:
         return "Secret(****)"
@@ -96,7 +94,6 @@ class TokenBroker:
         self._session = session
         self._timeout_s = timeout_s
         self._give_up_s = give_up_s
-        self.fetches = 0
 
     def values(self) -> list[str]:
         return [self._device_token]
@@ -106,6 +103,13 @@ class TokenBroker:
         return True
 
     async def fetch(self) -> Secret:
+        from tenacity import (
+            AsyncRetrying,
+            retry_if_exception,
+            stop_after_delay,
+            wait_exponential_jitter,
+        )
+
         retrying = AsyncRetrying(
             retry=retry_if_exception(_retryable),
             wait=wait_exponential_jitter(multiplier=0.5, max=8.0, jitter=0.5),
@@ -118,6 +122,8 @@ class TokenBroker:
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     async def _fetch_once(self) -> Secret:
+        import httpx
+
         try:
             async with httpx.AsyncClient(timeout=self._timeout_s) as client:
                 response = await client.post(
@@ -155,7 +161,6 @@ class TokenBroker:
                 "token broker answered without a usable value/expires_at",
                 code="broker_malformed",
             ) from None
-        self.fetches += 1
         return Secret(value, time.monotonic() + expires_at - _server_now(response))
 
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 from ..config import RealtimeSettings
-from ..system.logging import log_event
+from ..system.logging import REDACTOR, log_event
 from .credentials import Credentials
 from .history import History
 from .link import Link, auth_headers, session_url
@@ -20,6 +20,9 @@ from .protocol import Incoming, SessionOptions
 __all__ = ["Opener"]
 
 log = logging.getLogger(__name__)
+
+SHORT_SECRET_S = 30.0
+"""A fresh secret with less life than this left points at a skewed clock or a tiny ttl_s."""
 
 
 class Opener:
@@ -61,6 +64,18 @@ class Opener:
             await asyncio.sleep(wait_s)
         self.pacer.take(time.monotonic())
         secret = await self.credentials.fetch()
+        if secret.expires_at is not None:
+            REDACTOR.add_ephemeral(secret.value)
+            left_s = secret.expires_at - time.monotonic()
+            if left_s < SHORT_SECRET_S:
+                log_event(
+                    log,
+                    logging.WARNING,
+                    "secret_short",
+                    f"the token broker's secret expires in {left_s:.0f} s: check the broker's "
+                    "clock and its ttl_s (a connection may fail to open in time)",
+                    seconds_left=round(left_s),
+                )
         on_secret()
         settings = self.settings
         link: Link = Link(

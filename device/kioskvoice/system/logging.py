@@ -15,6 +15,7 @@ back to stderr with one warning.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import socket
@@ -28,6 +29,7 @@ from .catalog import message_id
 
 FIELD_PREFIX = "KIOSKVOICE_"
 MASK = "****"
+EPHEMERAL_KEPT = 8
 SYSLOG_IDENTIFIER = "kioskvoice"
 JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
 
@@ -53,19 +55,27 @@ class Redactor(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self._secrets: set[str] = set()
+        # Short-lived secrets: one per connection for as long as the daemon runs, so only the
+        # newest few are kept (an expired one opens nothing, and each costs every record).
+        self._ephemeral: collections.deque[str] = collections.deque(maxlen=EPHEMERAL_KEPT)
 
     def add(self, secrets: Iterable[str]) -> None:
         # Very short values would mask ordinary words; no real key is that short.
         self._secrets.update(s for s in secrets if s and len(s) >= 6)
 
+    def add_ephemeral(self, secret: str) -> None:
+        """A short-lived secret (a broker's ``ek_…``): masked while it is among the newest."""
+        if secret and len(secret) >= 6 and secret not in self._ephemeral:
+            self._ephemeral.append(secret)
+
     def scrub(self, text: str) -> str:
-        for secret in self._secrets:
+        for secret in (*self._secrets, *self._ephemeral):
             if secret in text:
                 text = text.replace(secret, MASK)
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self._secrets:
+        if not self._secrets and not self._ephemeral:
             return True
         record.msg = self.scrub(record.getMessage())
         record.args = None
