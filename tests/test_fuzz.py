@@ -8,6 +8,7 @@ property; ``make fuzz`` (HYPOTHESIS_PROFILE=fuzz) thousands.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import math
 import tempfile
@@ -255,3 +256,54 @@ def test_any_tool_answer_becomes_a_string_for_the_model(
 
     output = endpoint.run(call())
     assert isinstance(output, str) and len(output) <= 4096 + 200
+
+
+# --- server events into the protocol core --------------------------------------------------------
+
+EVENT_TYPES = [
+    "session.created", "session.updated", "response.created", "response.output_audio.delta",
+    "response.done", "response.output_audio_transcript.done", "error",
+    "conversation.item.input_audio_transcription.completed",
+    "conversation.item.input_audio_transcription.failed", "input_audio_buffer.committed",
+    "input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
+    "response.function_call_arguments.done", "rate_limits.updated", "something.new",
+]  # fmt: skip
+FIELDS = ["session", "response", "error", "delta", "item_id", "response_id", "transcript",
+          "id", "expires_at", "status", "status_details", "code", "call_id", "name",
+          "arguments", "event_id"]  # fmt: skip
+
+
+@st.composite
+def server_messages(draw: st.DrawFn) -> str | bytes:
+    kind = draw(st.integers(0, 3))
+    if kind == 0:  # any bytes
+        return draw(st.binary(max_size=500))
+    if kind == 1:  # nesting without end
+        return draw(nesting)
+    event: dict[str, Any] = {"type": draw(st.sampled_from(EVENT_TYPES) | st.text(max_size=10))}
+    fields = draw(st.lists(st.sampled_from(FIELDS), max_size=6, unique=True))
+    for name in fields:
+        event[name] = draw(
+            json_values
+            | st.fixed_dictionaries(
+                {
+                    n: json_values
+                    for n in draw(st.lists(st.sampled_from(FIELDS), max_size=4, unique=True))
+                }
+            )
+            | st.binary(max_size=40).map(lambda b: base64.b64encode(b).decode())
+            | st.text(alphabet="ABCD=!", max_size=9)  # broken base64, odd lengths
+        )
+    return json.dumps(event, allow_nan=True)
+
+
+@given(server_messages())
+def test_any_server_message_becomes_events_or_a_logged_skip(message: str | bytes) -> None:
+    from kioskvoice.realtime.protocol import Malformed, Protocol, SessionOptions
+
+    protocol = Protocol(SessionOptions(instructions="x", voice="alloy"))
+    events = protocol.receive(message)  # documented never to raise
+    assert isinstance(events, list)
+    for event in events:
+        if isinstance(event, Malformed):
+            assert "\n" not in event.reason and len(event.reason) <= 300

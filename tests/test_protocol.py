@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from conftest import TEST_KEY
 from kioskvoice.events import ReplyAudio, ResponseDone, ResponseStarted, ServerError
 from kioskvoice.realtime.link import auth_headers, session_url
 from kioskvoice.realtime.protocol import (
@@ -201,3 +202,39 @@ def test_session_url_and_headers() -> None:
     assert session_url(azure, "gpt-realtime") == azure
     assert auth_headers("bearer", "k") == {"Authorization": "Bearer k"}
     assert auth_headers("api-key", "k") == {"api-key": "k"}
+
+
+def test_the_shapes_a_review_found_are_skipped_not_raised() -> None:
+    # Each of these raised (AttributeError, RecursionError) and dropped the session; sent
+    # during set-up on every connection, they kept the kiosk from ever coming up.
+    from kioskvoice.realtime.protocol import Malformed, Protocol, SessionOptions
+
+    protocol = Protocol(SessionOptions(instructions="x", voice="alloy"))
+    for message in (
+        '{"type":"error","error":"x"}',
+        '{"type":"session.updated","session":null}',
+        "[" * 100_000,
+        '{"type":"response.done","response":[]}',
+    ):
+        [event] = protocol.receive(message)
+        assert isinstance(event, Malformed), message[:40]
+
+
+async def test_the_link_bounds_what_it_accepts(sim) -> None:
+    from kioskvoice.realtime.link import MAX_FRAME_BYTES, Link
+    from kioskvoice.realtime.protocol import SessionOptions
+
+    link = Link(
+        url=sim.url + "?model=gpt-realtime",
+        headers={"Authorization": f"Bearer {TEST_KEY}"},
+        options=SessionOptions(instructions="x", voice="alloy"),
+        on_event=lambda event: None,
+        setup_timeout_s=10,
+        ping_interval_s=10,
+        ping_timeout_s=10,
+    )
+    await link.open([])
+    try:
+        assert link._ws.protocol.max_message_size == MAX_FRAME_BYTES == 16 * 2**20
+    finally:
+        await link.close()

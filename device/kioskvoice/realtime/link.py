@@ -41,6 +41,10 @@ from .protocol import (
 
 log = logging.getLogger(__name__)
 
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+"""Largest message the link accepts (a minute of audio in one event is under 4 MiB); a larger
+one closes the connection (1009), and the supervisor reconnects."""
+
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 DRAIN_S = 0.5
 """After a close, how long messages received before it are still read."""
@@ -165,9 +169,9 @@ class Link:
             self._ws = await connect(
                 self.url,
                 additional_headers=self._headers,
-                # The SDK's settings: replies and retrieved items exceed websockets' 1 MiB
-                # default, and the server does not negotiate compression.
-                max_size=None,
+                # Replies and retrieved items exceed websockets' 1 MiB default; the SDK takes
+                # no limit at all, which a 512 MB Pi cannot afford from a hostile peer.
+                max_size=MAX_FRAME_BYTES,
                 compression=None,
                 open_timeout=self._setup_timeout_s,
                 # Keepalive is ours (see _keepalive): websockets' own waits close_timeout

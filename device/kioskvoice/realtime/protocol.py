@@ -256,8 +256,10 @@ class Protocol:
         """Parse one WebSocket message into zero or more events; never raises."""
         try:
             event = json.loads(message)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return [Malformed(f"not JSON: {exc}")]
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            # RecursionError: a hostile proxy's nesting must not drop the session (or, sent
+            # during set-up on every connection, keep the kiosk from ever coming up).
+            return [Malformed(f"not JSON: {type(exc).__name__}")]
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
             return [Malformed("not an event object with a string 'type'")]
         handler = self._handlers.get(event["type"])
@@ -265,8 +267,9 @@ class Protocol:
             return [Ignored(event["type"])]
         try:
             return handler(event)
-        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
-            return [Malformed(f"{event['type']}: bad or missing field {exc}")]
+        except (KeyError, TypeError, ValueError, AttributeError, binascii.Error) as exc:
+            # AttributeError: a field of the wrong kind ("error": "x", "session": null).
+            return [Malformed(f"{event['type']}: bad or missing field {exc!r}"[:200])]
 
     def _session_created(self, event: dict[str, Any]) -> list[Incoming]:
         session = event["session"]
