@@ -22,6 +22,7 @@ from .audio.resilient import ResilientAudio
 from .audio.streams import FrameQueue
 from .config import Settings
 from .dsp.chain import CaptureChain, DspOptions
+from .echo_report import EchoReport
 from .errors import AudioDeviceError
 from .events import (
     DeviceBack,
@@ -94,6 +95,8 @@ class App:
         self._frames: FrameQueue | None = None
         self._executor: Executor | None = None
         self._panel: Panel | None = None
+        self.echo: EchoReport | None = None
+        """The echo figures of the last reply (``echo.last``), once the devices are open."""
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -159,6 +162,9 @@ class App:
             chain.on_delay = lambda delay_ms, confidence: self._call_threadsafe(
                 _log_delay, delay_ms, confidence
             )
+            echo_tally = chain.echo
+            self.echo = EchoReport(lambda: echo_tally.tally, a.sample_rate)
+            self.on_state.append(self.echo.on_state)
             self._frames = frames = FrameQueue(loop)
             self._executor = Executor(
                 settings,

@@ -51,6 +51,8 @@ class Record:
     latency_ms: int | None = None
     session: str | None = None
     dropped_frames: int | None = None
+    erle_db: float | None = None
+    residual_dbfs: float | None = None
 
 
 def _code(value: Any) -> str | None:
@@ -65,6 +67,14 @@ def _int(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+def _float(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def project(entry: Mapping[str, Any]) -> Record | None:
@@ -84,6 +94,8 @@ def project(entry: Mapping[str, Any]) -> Record | None:
         latency_ms=_int(entry.get(f"{FIELD_PREFIX}LATENCY_MS")),
         session=str(session) if session and _SESSION.fullmatch(str(session)) else None,
         dropped_frames=_int(entry.get(f"{FIELD_PREFIX}DROPPED_FRAMES")),
+        erle_db=_float(entry.get(f"{FIELD_PREFIX}ERLE_DB")),
+        residual_dbfs=_float(entry.get(f"{FIELD_PREFIX}RESIDUAL_DBFS")),
     )
 
 
@@ -107,6 +119,7 @@ class Summary:
     stopped: set[tuple[str, int]] = field(default_factory=set)
     dropped_frames: dict[tuple[str, int], int] = field(default_factory=dict)
     mic_suspect: bool = False  # the newest mic_suspect has no mic_ok (or restart) after it
+    echo: tuple[float, float] | None = None  # the newest echo_stats: (erle_db, residual_dbfs)
 
     def add(self, record: Record) -> None:
         self.records += 1
@@ -125,6 +138,8 @@ class Summary:
                 self.disconnect_causes[record.error_code or "unknown"] += 1
             case "error":
                 self.error_codes[record.error_code or "unknown"] += 1
+            case "echo_stats" if record.erle_db is not None and record.residual_dbfs is not None:
+                self.echo = (record.erle_db, record.residual_dbfs)
             case "reply_start" if record.latency_ms is not None and record.latency_ms >= 0:
                 self.latencies.append(record.latency_ms)
         if record.dropped_frames is not None:
@@ -176,6 +191,11 @@ class Summary:
                 "clipping_turns": e["mic_clipping"],
             },
             "latency_ms": latency,
+            "echo": {
+                "replies_measured": e["echo_stats"],
+                "erle_db": self.echo[0] if self.echo else None,
+                "residual_dbfs": self.echo[1] if self.echo else None,
+            },
             "errors": {
                 "total": sum(self.error_codes.values()),
                 "by_code": dict(self.error_codes.most_common()),
@@ -405,6 +425,13 @@ def render_text(report: Mapping[str, Any]) -> str:
         if mic["suspect"]
         else "ok"
     )
+    echo = report["echo"]
+    echo_line = "not measured yet (no reply long enough)"
+    if echo["erle_db"] is not None:
+        echo_line = (
+            f"last reply {echo['erle_db']:.1f} dB reduction, residual "
+            f"{echo['residual_dbfs']:.0f} dBFS ({echo['replies_measured']} replies measured)"
+        )
     lines = [
         f"kioskvoice diag: {report['records']} records since "
         f"{report['since'] or 'the start of the journal'}",
@@ -423,6 +450,7 @@ def render_text(report: Mapping[str, Any]) -> str:
         f"reply latency:  {latency}",
         f"mic:            {health}; {mic['suspect_records']} suspect records, "
         f"{mic['clipping_turns']} clipping turns",
+        f"echo:           {echo_line}",
         f"errors:         {_counts(report['errors']['by_code'])}",
         f"devices:        {d['lost']} lost, {d['back']} back, {d['capture_stalls']} capture "
         f"stalls, {d['dropped_frames']} frames dropped",

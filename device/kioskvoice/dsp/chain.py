@@ -28,6 +28,8 @@ from typing import Literal
 import numpy as np
 
 from .align import DelayEstimate, DelayEstimator, ReferenceFifo
+from .echo_stats import EchoMeter
+from .gate import CLEAR, EchoGate
 from .level import BlockLevel, measure
 from .resample import Resampler
 from .speex import EchoCanceller, Preprocessor
@@ -240,6 +242,13 @@ class CaptureChain:
         self.on_delay: Callable[[float, float], None] | None = None
         """Called from the capture thread with ``(delay_ms, confidence)`` when ``auto``
         (re-)aligns the reference."""
+        self.echo = EchoMeter()
+        """Live echo figures over far-end-only blocks (its ``tally`` may be read from any
+        thread); nothing is counted when the DSP is off."""
+        self.gate: EchoGate | None = None
+        """The double-talk gate's judge (None when the DSP is off: everything is CLEAR)."""
+        self.verdict = CLEAR
+        """The gate's verdict on the last block (see :mod:`kioskvoice.dsp.gate`)."""
         self._dsp = self.options.enabled
         if not self._dsp:
             return
@@ -264,6 +273,7 @@ class CaptureChain:
             else None
         )
         self._tail = rate * o.tail // 1000
+        self.gate = EchoGate(self._echo_blocks())
         self._echo = EchoCanceller(self.frame, self._tail, rate)
         self._pre = Preprocessor(
             self.frame,
@@ -318,7 +328,16 @@ class CaptureChain:
         """Measure the block just given to :meth:`process` (same thread, right after it):
         see :func:`~kioskvoice.dsp.level.measure`."""
         probability = self._pre.speech_probability if self._dsp else None
-        return measure(raw, self.pick(raw), self.last_clean, probability)
+        return measure(raw, self.pick(raw), self.last_clean, probability, self.verdict)
+
+    def _echo_blocks(self) -> int:
+        """How many blocks the echo of one aligned reference block lasts: the guard, the
+        filter's tail and 100 ms; while ``auto`` has not found the delay, the largest delay
+        too (the reference is not aligned yet)."""
+        ms = GUARD_MS + self.options.tail + 100
+        if self.delay_ms is None:
+            ms += self.options.max_delay_ms
+        return -(-ms // self.frame_ms)
 
     def _run(self, mono: bytes) -> bytes:
         fifo = self._fifo
@@ -332,6 +351,9 @@ class CaptureChain:
             if estimate is not None:
                 self._realign(estimate)
         out = self._pre.run(self._echo.cancel_into(mono, ref))
+        self.echo.add(mono, ref, out, self._pre.speech_probability)
+        assert self.gate is not None
+        self.verdict = self.gate.judge(ref, mono, out)
         if self._gain is not None:
             out = self._gain.process(out, ref)
         return out
@@ -348,7 +370,11 @@ class CaptureChain:
     def _realign(self, estimate: DelayEstimate) -> None:
         fifo = self._fifo
         total = fifo.delay + estimate.lag
+        found = self.delay_ms is None
         self.delay_ms = total * 1000 / self.rate
+        if found:
+            assert self.gate is not None
+            self.gate.resize(self._echo_blocks())  # the reference is aligned from now on
         wanted = max(0, total - self._guard)
         # Moving the reference costs the adapted filter (it is reset), so the reference only
         # moves when the echo's direct path is about to fall out of the filter's first

@@ -38,6 +38,9 @@ class BlockLevel:
     """Raw samples, over all captured channels."""
     voiced: bool
     """The Speex preprocessor judged the block to be speech (False without the DSP)."""
+    gate: int = 0
+    """The double-talk gate's verdict (:mod:`kioskvoice.dsp.gate`: 0 CLEAR, 1 ECHO, 2 VISITOR;
+    always CLEAR without the DSP)."""
 
 
 def rms_dbfs(pcm: bytes) -> float:
@@ -49,10 +52,12 @@ def rms_dbfs(pcm: bytes) -> float:
     return max(SILENT_DBFS, 20 * math.log10(rms / 32768.0)) if rms > 0 else SILENT_DBFS
 
 
-def measure(raw: bytes, mono: bytes, clean: bytes, speech_probability: float | None) -> BlockLevel:
+def measure(
+    raw: bytes, mono: bytes, clean: bytes, speech_probability: float | None, gate: int = 0
+) -> BlockLevel:
     """Measure one block: ``raw`` as captured (any channels), ``mono`` the picked or mixed
     voice channel, ``clean`` the chain's output before resampling, ``speech_probability``
-    from Speex (None without the DSP).
+    from Speex (None without the DSP), ``gate`` the double-talk gate's verdict.
 
     A voice channel whose samples do not move is dead or stuck and measures as silence:
     the echo canceller's DC filter turns a constant into a ringing that looks like sound.
@@ -61,9 +66,9 @@ def measure(raw: bytes, mono: bytes, clean: bytes, speech_probability: float | N
     clipped = int(np.count_nonzero(np.abs(samples.astype(np.int32)) >= CLIP_SAMPLE))
     voice = np.frombuffer(mono, dtype=np.int16, count=len(mono) // 2)
     if voice.size == 0 or int(voice.max()) - int(voice.min()) <= 1:
-        return BlockLevel(SILENT_DBFS, clipped, int(samples.size), False)
+        return BlockLevel(SILENT_DBFS, clipped, int(samples.size), False, gate)
     voiced = speech_probability is not None and speech_probability >= SPEECH_PROBABILITY
-    return BlockLevel(rms_dbfs(clean), clipped, int(samples.size), voiced)
+    return BlockLevel(rms_dbfs(clean), clipped, int(samples.size), voiced, gate)
 
 
 class TurnMeter:

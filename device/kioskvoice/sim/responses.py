@@ -184,7 +184,7 @@ class Responses:
         )
         reply_ms, self.reply_ms = self.reply_ms, None
         text = (
-            f"You spoke for {reply_ms / 1000:.1f} seconds."
+            f"You spoke for {reply_ms / 1000:.1f} seconds. {self._sim.reply_more}".rstrip()
             if reply_ms is not None
             else "I did not hear anything."
         )

@@ -67,6 +67,9 @@ class Simulator:
         self.burst_ms = burst_ms
         self.burst_interval_s = burst_interval_s
         self.faults = faults if faults is not None else Faults()
+        self.reply_more = ""
+        """Said after "You spoke for N.N seconds." in every spoken reply (tests and the demo
+        set it for long replies); empty by default."""
         self.record = record
         """Keep every event in ``SimSession.received``/``sent`` (off for long soaks)."""
         self.tool_calls: list[tuple[str, dict[str, Any]]] = []

@@ -73,6 +73,8 @@ class _Histogram:
 
 
 def _num(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
     return repr(float(value)) if not float(value).is_integer() else str(int(value))
@@ -91,6 +93,7 @@ class Metrics(logging.Handler):
         self.fatal_errors = 0
         self.capture_overruns = 0
         self.mic_suspect = False
+        self.echo_reduction_db = math.nan  # the last echo_stats record's; NaN until one
         self.reply_latency = _Histogram(REPLY_BUCKETS)
         self.playback_latency = _Histogram(PLAYBACK_BUCKETS)
 
@@ -117,6 +120,8 @@ class Metrics(logging.Handler):
             self.fatal_errors += 1  # the fatal causes: key, quota, model (see the catalog)
         elif event == "stats" and isinstance(dropped := field("DROPPED_FRAMES"), int):
             self.capture_overruns = dropped  # a running total already
+        elif event == "echo_stats" and isinstance(erle := field("ERLE_DB"), int | float):
+            self.echo_reduction_db = float(erle)
         elif event in ("mic_suspect", "mic_ok"):
             self.mic_suspect = event == "mic_suspect"
 
@@ -176,6 +181,12 @@ class Metrics(logging.Handler):
             "gauge",
             "1 while the microphone looks muted, dead or unplugged.",
             [f"kioskvoice_mic_suspect {int(self.mic_suspect)}"],
+        )
+        metric(
+            "kioskvoice_echo_reduction_db",
+            "gauge",
+            "Echo reduction the kiosk measured on itself during its last reply, dB (NaN: none).",
+            [f"kioskvoice_echo_reduction_db {_num(self.echo_reduction_db)}"],
         )
         metric(
             "kioskvoice_reply_latency_seconds",
