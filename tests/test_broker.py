@@ -711,3 +711,37 @@ async def test_kiosk_turn_on_azure(speech_wav, tmp_path, caplog, auth) -> None:
     else:
         assert standin.requests == []
     assert REAL_KEY not in caplog.text and token not in caplog.text
+
+
+# --- hostile input (issue 17) ----------------------------------------------------------------
+
+
+async def test_nested_bodies_are_400_and_model_strings_are_not_hoarded(
+    tmp_path, upstream, caplog
+) -> None:
+    _, url = upstream
+    settings = settings_for(tmp_path, url, limits={"burst": 50})
+    token = add(settings.registry, "lobby")
+    caplog.set_level(logging.INFO)
+    async with broker(settings) as client:
+        deep = b"[" * 60_000  # under max_body_bytes, far over the parser's depth
+        reply = await client.post(PATH, headers=bearer(token), content=deep)
+        assert reply.status_code == 400 and reply.json()["error"] == "bad_request"
+        for n in range(20):  # a device cycling through model names
+            other = {"session": {**KIOSK_REQUEST["session"], "model": f"m-{n}-" + "x" * 1000}}
+            assert (await client.post(PATH, headers=bearer(token), json=other)).is_success
+    mismatch = [r for r in caplog.records if getattr(r, "KIOSKVOICE_EVENT", "") == "model_mismatch"]
+    assert len(mismatch) == 1  # told once per device; nothing kept per string
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+async def test_a_connection_that_says_nothing_is_closed(tmp_path, upstream) -> None:
+    _, url = upstream
+    async with serving(create_app(settings_for(tmp_path, url), REAL_KEY)) as broker_url:
+        host, port = broker_url.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            async with asyncio.timeout(10):  # uvicorn's keep-alive timeout (5 s) plus slack
+                assert await reader.read() == b""  # closed by the broker, not by us
+        finally:
+            writer.close()

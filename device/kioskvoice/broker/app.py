@@ -96,7 +96,7 @@ class Broker:
         self._client: httpx.AsyncClient | None = None
         self._upstream: Upstream | None = None
         self._generation = -1
-        self._warned: set[tuple[str, str]] = set()
+        self._warned: set[str] = set()  # devices told about a model mismatch
 
     def __repr__(self) -> str:
         return f"Broker({self.settings.upstream.endpoint!r})"
@@ -126,7 +126,7 @@ class Broker:
             self._generation = self.registry.generation
             names = self.registry.names
             self.limiter.retain(names)
-            self._warned = {w for w in self._warned if w[0] in names}
+            self._warned = {device for device in self._warned if device in names}
 
     async def client_secrets(self, request: Request) -> Response:
         """``POST /v1/realtime/client_secrets``: the steps in the module docstring."""
@@ -155,7 +155,7 @@ class Broker:
             return _error(408, "body_timeout")
         try:
             requested = json.loads(raw) if raw.strip() else {}
-        except ValueError:
+        except (ValueError, RecursionError):  # nesting: a 400, not a 500 with a traceback
             requested = None
         if not isinstance(requested, dict):
             access["code"] = "bad_request"
@@ -189,9 +189,11 @@ class Broker:
         session = requested.get("session")
         model = session.get("model") if isinstance(session, dict) else None
         ours = self.settings.session.model
-        if not isinstance(model, str) or model == ours or (device, model) in self._warned:
+        # Once per device, whatever it asks for: remembering every distinct string a device
+        # sends (up to a body's size each) would grow without bound.
+        if not isinstance(model, str) or model == ours or device in self._warned:
             return
-        self._warned.add((device, model))
+        self._warned.add(device)
         log.warning(
             "device %s asks for model %r, its secrets are for %r (session.model): set the same "
             "model in the kiosk's config",

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterable
 
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .settings import ListenSettings
 
@@ -70,7 +71,21 @@ def config(app: ASGIApp, listen: ListenSettings) -> uvicorn.Config:
         timeout_keep_alive=5,
         timeout_graceful_shutdown=5,
         lifespan="on",
+        http=_IdleLimitedH11,
     )
+
+
+class _IdleLimitedH11(H11Protocol):
+    """uvicorn closes an idle keep-alive connection only after a first response: a client
+    that connects and says nothing held a slot of ``max_connections`` for ever (512 of them
+    made ``/healthz`` answer 503). The same keep-alive timeout now runs from the connection's
+    first moment; uvicorn cancels it when the first bytes arrive."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
 
 
 def run(app: ASGIApp, listen: ListenSettings, sock: socket.socket) -> bool:
