@@ -180,12 +180,14 @@ FROM_NODE_EXPORTER = {"up", "node_textfile_mtime_seconds"}
 PROMQL_WORDS = {
     "sum", "by", "count", "rate", "increase", "histogram_quantile", "topk", "clamp_min", "and",
     "or", "on", "vector", "time", "le", "kiosk", "outcome", "reason", "state", "file",
-    "instance", "job", "humanizePercentage", "offline", "error", "apology", "dropped",
+    "instance", "job", "humanizePercentage", "offline", "error", "apology", "dropped", "code",
 }  # fmt: skip
 
 
 def exported_names() -> set[str]:
-    text = Metrics().render({"state": "idle", "link": "connected"})
+    from kioskvoice.broker.metrics import BrokerMetrics
+
+    text = Metrics().render({"state": "idle", "link": "connected"}) + BrokerMetrics().render()
     names = set(re.findall(r"(?m)^# TYPE (\S+)", text))
     histograms = re.findall(r"(?m)^# TYPE (\S+) histogram", text)
     return names | {f"{h}_{s}" for h in histograms for s in ("bucket", "sum", "count")}
@@ -209,7 +211,7 @@ def test_the_alert_rules_pass_promtool_and_use_only_exported_series() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     known = exported_names() | FROM_NODE_EXPORTER
     exprs = re.findall(r"(?ms)^\s+expr: >?\n?(.*?)(?=^\s+for:)", FLEET_RULES.read_text())
-    assert len(exprs) == 6
+    assert len(exprs) == 8
     for expr in exprs:
         assert metric_names(expr) <= known, (expr, metric_names(expr) - known)
 
@@ -223,3 +225,60 @@ def test_every_dashboard_query_uses_only_exported_series() -> None:
         assert metric_names(expr) <= known, (expr, metric_names(expr) - known)
     # The check can fail: a misspelt series is caught.
     assert metric_names("sum(kioskvoice_turn_total)") - known == {"kioskvoice_turn_total"}
+
+
+async def test_a_real_prometheus_scrapes_the_brokers_metrics(tmp_path: Path) -> None:
+    """Minted secrets, refusals by reason and the request latency, read back from
+    Prometheus' HTTP API after it scraped the broker's /metrics."""
+    for tool in (PROMETHEUS,):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (make test installs Debian's package)")
+    import httpx
+
+    from kioskvoice.broker import PATH
+    from kioskvoice.broker.app import create_app
+    from kioskvoice.broker.server import serving
+    from openai_standin import OpenAIStandIn
+    from test_broker import KIOSK_REQUEST, REAL_KEY, add, bearer, settings_for
+
+    standin = OpenAIStandIn(REAL_KEY)
+    async with serving(standin.app) as upstream_url:
+        settings = settings_for(tmp_path, upstream_url, limits={"burst": 2})
+        token = add(settings.registry, "lobby")
+        async with serving(create_app(settings, REAL_KEY)) as broker_url:
+            async with httpx.AsyncClient(base_url=broker_url) as client:
+                for _ in range(3):  # two minted, then the burst is spent: rate limited
+                    await client.post(PATH, headers=bearer(token), json=KIOSK_REQUEST)
+                await client.post(PATH, headers=bearer("kvd_unknown-token-000000"), json={})
+            prom_port = free_port()
+            config = tmp_path / "prometheus.yml"
+            config.write_text(
+                "global: {scrape_interval: 1s}\n"
+                "scrape_configs:\n"
+                "  - job_name: broker\n"
+                f"    static_configs: [{{targets: ['{broker_url.removeprefix('http://')}']}}]\n"
+            )
+            prom = [
+                PROMETHEUS, f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+            ]  # fmt: skip
+            with running(prom):
+                base = f"http://127.0.0.1:{prom_port}"
+                await asyncio.to_thread(wait_http, f"{base}/-/ready")
+                deadline = time.monotonic() + 20
+                while True:
+                    minted = await asyncio.to_thread(
+                        query, base, "kioskvoice_broker_secrets_minted_total"
+                    )
+                    if minted or time.monotonic() > deadline:
+                        break
+                    await asyncio.sleep(0.5)
+                refusals = await asyncio.to_thread(query, base, "kioskvoice_broker_refusals_total")
+                latency = await asyncio.to_thread(
+                    query, base, "kioskvoice_broker_request_duration_seconds_count"
+                )
+    assert minted == {"": 2}
+    assert refusals["rate_limited"] == 1 and refusals["unauthorized"] == 1
+    assert refusals["bad_request"] == 0
+    assert latency == {"": 4}

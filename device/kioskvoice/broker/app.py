@@ -1,4 +1,5 @@
-"""The broker's ASGI app (Starlette): ``POST /v1/realtime/client_secrets`` and ``/healthz``.
+"""The broker's ASGI app (Starlette): ``POST /v1/realtime/client_secrets``, ``/healthz`` and
+``/metrics`` (Prometheus text: :mod:`.metrics`).
 
 A request for a secret goes through, in order (cheapest and least revealing first):
 
@@ -42,6 +43,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import PATH
+from .metrics import BrokerMetrics
 from .ratelimit import RateLimiter
 from .registry import Registry
 from .settings import BrokerSettings
@@ -51,6 +53,7 @@ log = logging.getLogger("kioskvoice.broker")
 access_log = logging.getLogger("kioskvoice.broker.access")
 
 HEALTH_PATH = "/healthz"
+METRICS_PATH = "/metrics"
 _ACCESS = "kioskvoice.broker.access"  # scope key: what the endpoint tells the access log
 # RFC 6750 b64token, bounded: anything else is malformed (and gets the same 401).
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]{1,512}=*)")
@@ -66,6 +69,10 @@ def create_app(
     The upstream HTTP client is opened on first use and closed at lifespan shutdown.
     """
     broker = Broker(settings, api_key, registry or Registry(settings.registry))
+    metrics = BrokerMetrics()
+
+    async def serve_metrics(request: Request) -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -78,10 +85,11 @@ def create_app(
         routes=[
             Route(PATH, broker.client_secrets, methods=["POST"]),
             Route(HEALTH_PATH, broker.healthz, methods=["GET"]),
+            Route(METRICS_PATH, serve_metrics, methods=["GET"]),
         ],
         lifespan=lifespan,
     )
-    return AccessLog(app)
+    return AccessLog(app, metrics)
 
 
 class Broker:
@@ -273,10 +281,11 @@ class AccessLog:
     response that has none (the server is run without its own, which would duplicate ours)."""
 
     _METHODS = frozenset({"GET", "HEAD", "POST"})
-    _PATHS = frozenset({PATH, HEALTH_PATH})
+    _PATHS = frozenset({PATH, HEALTH_PATH, METRICS_PATH})
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: BrokerMetrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -306,6 +315,8 @@ class AccessLog:
             path = scope["path"] if scope["path"] in self._PATHS else "other"
             client = scope.get("client")
             device, code = access["device"], access["code"]
+            if self.metrics is not None and path == PATH and method == "POST":
+                self.metrics.minting_request(status, code, latency_ms / 1000)
             access_log.info(
                 "%s %s %d device=%s latency_ms=%.1f client=%s%s",
                 method,

@@ -18,10 +18,11 @@ import math
 import os
 import secrets
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..promtext import Histogram, family, number
 from .logging import FIELD_PREFIX
 
 FILE_NAME = "kioskvoice.prom"
@@ -51,35 +52,6 @@ _OUTCOME_OF = {
 }
 
 
-class _Histogram:
-    def __init__(self, buckets: Sequence[float]) -> None:
-        self.buckets = tuple(buckets)
-        self.counts = [0] * len(self.buckets)
-        self.count = 0
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.count += 1
-        self.sum += value
-        for i, bound in enumerate(self.buckets):
-            if value <= bound:
-                self.counts[i] += 1
-
-    def lines(self, name: str) -> list[str]:
-        pairs = zip(self.buckets, self.counts, strict=True)
-        out = [f'{name}_bucket{{le="{_num(b)}"}} {n}' for b, n in pairs]
-        out.append(f'{name}_bucket{{le="+Inf"}} {self.count}')
-        return [*out, f"{name}_sum {_num(self.sum)}", f"{name}_count {self.count}"]
-
-
-def _num(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
-
-
 class Metrics(logging.Handler):
     """Counts the daemon's records. Thread-safe (records come from the loop and from the
     audio supervisor's thread); :meth:`render` gives the exposition text."""
@@ -94,8 +66,8 @@ class Metrics(logging.Handler):
         self.capture_overruns = 0
         self.mic_suspect = False
         self.echo_reduction_db = math.nan  # the last echo_stats record's; NaN until one
-        self.reply_latency = _Histogram(REPLY_BUCKETS)
-        self.playback_latency = _Histogram(PLAYBACK_BUCKETS)
+        self.reply_latency = Histogram(REPLY_BUCKETS)
+        self.playback_latency = Histogram(PLAYBACK_BUCKETS)
 
     def emit(self, record: logging.LogRecord) -> None:
         event = getattr(record, f"{FIELD_PREFIX}EVENT", None)
@@ -134,7 +106,7 @@ class Metrics(logging.Handler):
         out: list[str] = []
 
         def metric(name: str, kind: str, help_: str, samples: list[str]) -> None:
-            out.extend([f"# HELP {name} {help_}", f"# TYPE {name} {kind}", *samples])
+            out.extend(family(name, kind, help_, samples))
 
         metric("kioskvoice_up", "gauge", "1 while the kiosk daemon runs.", ["kioskvoice_up 1"])
         state = status.get("state")
@@ -186,7 +158,7 @@ class Metrics(logging.Handler):
             "kioskvoice_echo_reduction_db",
             "gauge",
             "Echo reduction the kiosk measured on itself during its last reply, dB (NaN: none).",
-            [f"kioskvoice_echo_reduction_db {_num(self.echo_reduction_db)}"],
+            [f"kioskvoice_echo_reduction_db {number(self.echo_reduction_db)}"],
         )
         metric(
             "kioskvoice_reply_latency_seconds",
