@@ -307,3 +307,64 @@ def test_any_server_message_becomes_events_or_a_logged_skip(message: str | bytes
     for event in events:
         if isinstance(event, Malformed):
             assert "\n" not in event.reason and len(event.reason) <= 300
+
+
+# --- the token broker's requests ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def broker_app(endpoint: _Endpoint) -> Iterator[tuple[_Endpoint, Any, str]]:
+    """The broker app (called in-process through ASGI) with a real upstream stand-in served
+    on loopback, on the endpoint fixture's loop; and a registered device's token."""
+    import contextlib as _contextlib
+
+    from kioskvoice.broker.app import create_app
+    from kioskvoice.broker.server import serving
+    from openai_standin import OpenAIStandIn
+    from test_broker import REAL_KEY, add, settings_for
+
+    directory = Path(tempfile.mkdtemp())
+    stack = _contextlib.AsyncExitStack()
+    standin = OpenAIStandIn(REAL_KEY)
+    url = endpoint.run(stack.enter_async_context(serving(standin.app)))
+    settings = settings_for(directory, url, limits={"burst": 1000})
+    token = add(settings.registry, "lobby")
+    yield endpoint, create_app(settings, REAL_KEY), token
+    endpoint.run(stack.aclose())
+
+
+header_values = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=200)
+
+
+@fuzz
+@given(
+    body=st.binary(max_size=3000)
+    | json_values.map(lambda v: json.dumps(v).encode())
+    | nesting.map(str.encode),
+    authorization=st.none() | header_values | st.just("VALID"),
+    extra=st.dictionaries(
+        st.sampled_from(["content-type", "x-forwarded-for", "content-length", "cookie"]),
+        header_values,
+        max_size=3,
+    ),
+)
+def test_any_request_to_the_broker_gets_a_clear_answer(
+    broker_app, body: bytes, authorization: str | None, extra: dict[str, str]
+) -> None:
+    import httpx
+
+    from test_broker import REAL_KEY
+
+    loop_host, app, token = broker_app
+    headers = {k: v for k, v in extra.items() if k != "content-length"}
+    if authorization is not None:
+        headers["authorization"] = f"Bearer {token}" if authorization == "VALID" else authorization
+
+    async def post() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://broker") as client:
+            return await client.post("/v1/realtime/client_secrets", content=body, headers=headers)
+
+    response = loop_host.run(post())
+    assert response.status_code in (200, 400, 401, 408, 413, 429, 502, 503), response.text
+    assert REAL_KEY not in response.text and token not in response.text
