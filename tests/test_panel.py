@@ -21,6 +21,7 @@ from kioskvoice.config import GpioSettings, InteractionSettings, Settings
 from kioskvoice.events import Press, Release, State
 from kioskvoice.panel import RING_PATTERNS, STATUS_PATTERNS, Debouncer, Look, Panel
 from kioskvoice.sim import Faults, Simulator
+from kioskvoice.system.control_client import request
 from realtime_schema import assert_client_event
 
 pytestmark = pytest.mark.timeout(90)
@@ -121,9 +122,10 @@ async def test_button_and_ctl_make_the_same_wire_sequence_with_preroll(
         await asyncio.sleep(0.5)  # let the pre-roll buffer fill
         await k.turn(factory.pin(BUTTON_PIN), hold_s=1.0)
         await asyncio.sleep(0.5)
-        app._control("press")
+        sock = tmp_path / "control.sock"  # the real control socket, as kioskvoice ctl uses it
+        assert (await asyncio.to_thread(request, sock, "press"))["state"] == "listening"
         await asyncio.sleep(1.0)
-        app._control("release")
+        await asyncio.to_thread(request, sock, "release")
         await k.wait(State.SPEAKING)
         await k.wait(State.IDLE)
     session = sim.sessions[0]

@@ -97,7 +97,12 @@ class Kiosk:
     async def until(self, timeout_s: float = 20, **wanted: Any) -> dict[str, Any]:
         async with asyncio.timeout(timeout_s):
             while True:
-                status = await self.ctl("status")
+                try:
+                    status = await self.ctl("status")
+                except ConnectionRefusedError:
+                    # The socket file appears a moment before the daemon listens on it.
+                    await asyncio.sleep(0.05)
+                    continue
                 if all(status.get(k) == v for k, v in wanted.items()):
                     return status
                 await asyncio.sleep(0.05)

@@ -32,6 +32,8 @@ class Histogram:
 
 def number(value: float) -> str:
     """A sample value as Prometheus writes it."""
+    if math.isnan(value):
+        return "NaN"
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
     return str(int(value)) if float(value).is_integer() else repr(float(value))
