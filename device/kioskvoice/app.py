@@ -69,6 +69,7 @@ class App:
     def __init__(self, settings: Settings, *, pin_factory: Any = None) -> None:
         self.settings = settings
         i = settings.interaction
+        self.voice_barge_in = voice_barge_in(settings)
         self.kiosk = Kiosk(
             min_turn_s=i.min_turn_ms / 1000,
             max_turn_s=settings.audio.max_turn_s,
@@ -77,6 +78,7 @@ class App:
             hands_free=i.mode == "hands_free",
             conversation_idle_s=i.idle_reset_s,
             mic_suspect_turns=i.mic_suspect_turns,
+            voice_barge_in=self.voice_barge_in,
         )
         self.on_state: list[Callable[[State], None]] = []
         self.transcripts = TranscriptLog(
@@ -127,6 +129,7 @@ class App:
             self.post,
             preroll_frames=max(0, settings.interaction.preroll_ms // a.frame_ms),
             floor_dbfs=a.silence_floor_dbfs,
+            voice_barge_in=self.voice_barge_in,
         )
         tools = ToolCalls(
             settings.tools,
@@ -305,6 +308,15 @@ class App:
             "look": self._panel.shown.value if self._panel else None,
             "silent_turns": self.kiosk.silent_turns,
         }
+
+
+def voice_barge_in(settings: Settings) -> bool:
+    """Whether the visitor may talk over the kiosk: ``interaction.voice_barge_in``, unset
+    meaning on in hands-free; never without the DSP (no gate: the kiosk would hear itself)
+    nor, for now, in push-to-talk (it has no server VAD to end such a turn)."""
+    i = settings.interaction
+    wanted = i.mode == "hands_free" if i.voice_barge_in is None else i.voice_barge_in
+    return wanted and settings.dsp.enabled and i.mode == "hands_free"
 
 
 def _capture_chain(settings: Settings, out_rate: int) -> CaptureChain:

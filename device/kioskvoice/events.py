@@ -153,6 +153,12 @@ class VoiceHeard:
 
 
 @dataclass(frozen=True, slots=True)
+class TalkOver:
+    """The double-talk gate heard the visitor talk over the kiosk's own voice (voice
+    barge-in): found locally, before the server's VAD could say so."""
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceLost:
     """An audio device stopped delivering (error, or no frames) and is being reopened."""
 
@@ -166,6 +172,7 @@ class DeviceBack:
 
 Event = (
     Press
+    | TalkOver
     | Release
     | Tick
     | LinkUp
@@ -239,11 +246,12 @@ class PlayAudio:
 class Interrupt:
     """Barge-in: silence the speaker now, cancel the response if it still runs
     (``response_id`` None: whichever is in progress), truncate ``item_id`` to what was played,
-    clear the input buffer."""
+    clear the input buffer (``clear``; not for a voice barge-in, whose first words are in it)."""
 
     response_id: str | None
     item_id: str | None
     cancel: bool
+    clear: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -174,17 +174,28 @@ class Executor:
                         "reply audio dropped: the player already holds its maximum",
                         turn=self.turns,
                     )
-            case Interrupt(response_id=response_id, item_id=item_id, cancel=cancel):
+            case Interrupt(response_id=response_id, item_id=item_id, cancel=cancel, clear=clear):
                 self._tools.moved_on()
                 self.feedback.stop_thinking()
                 player.flush()
+                heard_ms = player.heard_ms(item_id) if item_id is not None else None
                 if cancel:
                     self._send(Protocol.cancel, response_id)
                 if item_id is not None:
-                    self._send(Protocol.truncate, item_id, player.heard_ms(item_id))
-                self._send(Protocol.clear)
+                    self._send(Protocol.truncate, item_id, heard_ms)
+                if clear:  # a voice barge-in keeps the buffer: the visitor's words are in it
+                    self._send(Protocol.clear)
                 self._released_at = None
-                log_event(log, logging.INFO, "barge_in", "reply interrupted", turn=self.turns)
+                by = "button" if clear else "voice"
+                log_event(
+                    log,
+                    logging.INFO,
+                    "barge_in",
+                    f"reply interrupted by {by}",
+                    turn=self.turns,
+                    trigger=by,
+                    heard_ms=heard_ms,
+                )
             case RunTools(calls=calls):
                 self._tools.start(calls)
                 self.feedback.start_thinking()
@@ -217,7 +228,12 @@ class Executor:
         if new is State.IDLE and self._tools.end_after_reply:
             self._tools.end_after_reply = False
             self._loop.call_soon(self._post, Reset("end_conversation"))
-        if old is State.LISTENING and new is State.THINKING and turn.mic_open:
+        if (
+            old is State.LISTENING
+            and new is State.THINKING
+            and turn.mic_open
+            and not self.kiosk.conversation  # voice barge-in: the mic stays open
+        ):
             # Released while the link is down: the turn waits for delivery.
             turn.close()
             self.feedback.play("offline")

@@ -28,6 +28,11 @@ decides the turns. The kiosk listens (streaming), thinks once the server heard t
 stop, speaks, and listens again; the mic is closed while it thinks and speaks, so it cannot
 hear itself. The conversation closes after ``conversation_idle_s`` without speech, or on a
 press while listening; a press while it speaks is a barge-in, as in push-to-talk.
+
+Voice barge-in (``voice_barge_in=True``, hands-free): the mic stays open while the kiosk thinks
+and speaks (the double-talk gate sends silence for its own echo). ``TalkOver`` (the local gate)
+or ``SpeechStarted`` (the server's VAD) while it thinks or speaks is a barge-in that keeps the
+server's input buffer (``Interrupt(clear=False)``): the visitor's first words are in it.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ from .events import (
     SpeechStopped,
     State,
     StateChanged,
+    TalkOver,
     Tick,
     ToolsDone,
     VoiceHeard,
@@ -94,8 +100,10 @@ class Kiosk:
         hands_free: bool = False,
         conversation_idle_s: float = 120.0,
         mic_suspect_turns: int = 3,
+        voice_barge_in: bool = False,
     ) -> None:
         self.min_turn_s = min_turn_s
+        self.voice_barge_in = voice_barge_in
         self.mic_suspect_turns = mic_suspect_turns
         self.silent_turns = 0  # push-to-talk turns in a row with no speech in them
         self._turn_heard = False
@@ -137,6 +145,7 @@ class Kiosk:
             Reset: self._on_reset,
             VoiceHeard: self._on_voice_heard,
             SpeechStarted: self._on_speech_started,
+            TalkOver: self._on_talk_over,
             SpeechStopped: self._on_speech_stopped,
             FunctionCall: self._on_function_call,
             ToolsDone: self._on_tools_done,
@@ -224,6 +233,12 @@ class Kiosk:
             actions.append(Notice("mic_suspect", f"{self.silent_turns} silent turns in a row"))
         return actions
 
+    def _barge_in(self, now: float, *, clear: bool) -> list[Action]:
+        cancel = self.response_in_progress and self.link_up
+        barge = Interrupt(self._response_id, self._audio_item, cancel, clear)
+        self._forget_response()
+        return [barge, *self._start_listening(now)]
+
     def _commit(self, now: float) -> list[Action]:
         self._deliver_by = None
         self._abandoned = False
@@ -244,13 +259,7 @@ class Kiosk:
         if self.state in (State.IDLE, State.OFFLINE):
             return self._start_listening(now)  # offline: recorded, delivered when the link returns
         if self.state in (State.THINKING, State.SPEAKING):
-            barge = Interrupt(
-                response_id=self._response_id,
-                item_id=self._audio_item,
-                cancel=self.response_in_progress and self.link_up,
-            )
-            self._forget_response()
-            return [barge, *self._start_listening(now)]
+            return self._barge_in(now, clear=True)
         if self.state is State.ERROR:
             return [Notice("unavailable", self.state.value)]
         return []  # already listening
@@ -429,9 +438,8 @@ class Kiosk:
         if self.state is State.LISTENING:
             actions.append(DiscardTurn())
         elif self.state in (State.THINKING, State.SPEAKING):
-            actions.append(
-                Interrupt(self._response_id, self._audio_item, self.response_in_progress)
-            )
+            running = self.response_in_progress
+            actions.append(Interrupt(self._response_id, self._audio_item, running))
         self._forget_response()
         actions += self._close_conversation()
         actions.append(Notice("new_visitor", event.reason))
@@ -440,25 +448,30 @@ class Kiosk:
         return actions
 
     def _on_voice_heard(self, event: VoiceHeard, now: float) -> list[Action]:
-        if self.state is State.LISTENING:
-            self._turn_heard = True
+        self._turn_heard = self._turn_heard or self.state is State.LISTENING
         return []
 
     def _on_speech_started(self, event: SpeechStarted, now: float) -> list[Action]:
         self._heard_at = now
         self._visitor_speaking = True
-        return []
+        return self._on_talk_over(TalkOver(), now)  # the server's VAD heard them first
+
+    def _on_talk_over(self, event: TalkOver, now: float) -> list[Action]:
+        busy = self.state in (State.THINKING, State.SPEAKING)
+        voice = self.voice_barge_in and self.conversation and busy
+        return self._barge_in(now, clear=False) if voice else []
 
     def _on_speech_stopped(self, event: SpeechStopped, now: float) -> list[Action]:
         self._visitor_speaking = False
         if not (self.conversation and self.state is State.LISTENING):
             return []
         # The server commits and answers by itself; stop streaming so the kiosk's own reply
-        # never reaches its VAD.
+        # never reaches its VAD (with voice barge-in, the gate keeps it out instead).
         self._forget_response()
         self._awaiting_response = True
         self._progress_at = self._heard_at = now
-        return [CloseMic(), *self._go(State.THINKING)]
+        listen_on = [] if self.voice_barge_in else [CloseMic()]
+        return [*listen_on, *self._go(State.THINKING)]
 
     def _on_server_error(self, event: ServerError, now: float) -> list[Action]:
         if event.code in _TURN_REJECTED and self.state is State.THINKING:

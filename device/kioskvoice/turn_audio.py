@@ -7,6 +7,21 @@ a new session if the link fails before the reply starts) and measured: nothing g
 until the turn holds sound (:class:`~kioskvoice.dsp.level.TurnMeter`), then the backlog is sent
 at once and the rest live. A silent turn therefore never reaches the model. Hands-free turns
 stream as captured: the server's VAD decides, and the server keeps them.
+
+Voice barge-in (``voice_barge_in``): every frame first passes the double-talk gate's verdict
+(:mod:`kioskvoice.dsp.gate`, judged on the capture thread). While the kiosk's own voice plays,
+frames wait in a look-back of :data:`LOOKBACK_FRAMES`; one that leaves it unclaimed goes on as
+silence of the same length (the server's audio clock never skips, and its VAD never hears the
+kiosk). When the gate finds the visitor, :class:`TalkOver` is posted at once and everything
+still waiting goes out as captured: the gate needs a few hundred ms to be sure, and the
+visitor's first word is in those.
+
+Why the local gate triggers the barge-in (and the server's ``speech_started`` only backs it
+up): the gate must judge every block anyway to keep the echo from the model, and the server's
+VAD can only ever hear what the gate lets through, so it can never be earlier; waiting for it
+would add the network round trip and its own speech window to the silence the visitor waits
+for. The server's VAD still bounds and commits the turn (with its prefix padding), and its
+``speech_started`` interrupts too when the gate had nothing to hold (the kiosk thinking).
 """
 
 from __future__ import annotations
@@ -16,8 +31,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from .dsp.gate import CLEAR, VISITOR
 from .dsp.level import BlockLevel, TurnMeter
-from .events import VoiceHeard
+from .events import TalkOver, VoiceHeard
 from .realtime.protocol import Protocol
 from .realtime.supervisor import Supervisor
 
@@ -25,6 +41,35 @@ log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 24000  # 0.5 s of 24 kHz PCM16 per append when a backlog or a resend goes out
 BYTES_PER_S = 48000
+LOOKBACK_FRAMES = 60
+"""Frames the gate may hold while the kiosk speaks (1.2 s of 20 ms frames): more than the
+gate's slowest confirmation of a visitor, so their onset is never replaced by silence."""
+
+Frame = tuple[bytes, BlockLevel]
+
+
+class GatedStream:
+    """Voice barge-in's stream: what the gate lets through, silence for the kiosk's echo.
+    Pure; :meth:`push` returns the frames to pass on, in order, each exactly once."""
+
+    def __init__(self, lookback: int = LOOKBACK_FRAMES) -> None:
+        self._held: collections.deque[Frame] = collections.deque()
+        self._lookback = lookback
+
+    def push(self, pcm: bytes, level: BlockLevel) -> list[Frame]:
+        if level.gate == VISITOR:  # the visitor claims what waits: their onset is in it
+            out = [*self._held, (pcm, level)]
+            self._held.clear()
+            return out
+        if level.gate == CLEAR:  # the echo is over: what waits was the kiosk's, unclaimed
+            out = [(bytes(len(p)), held) for p, held in self._held]
+            self._held.clear()
+            return [*out, (pcm, level)]
+        self._held.append((pcm, level))
+        if len(self._held) <= self._lookback:
+            return []
+        old, old_level = self._held.popleft()
+        return [(bytes(len(old)), old_level)]
 
 
 class TurnAudio:
@@ -40,8 +85,11 @@ class TurnAudio:
         *,
         preroll_frames: int,
         floor_dbfs: float,
+        voice_barge_in: bool = False,
     ) -> None:
         self._sup = supervisor
+        self._gated = GatedStream() if voice_barge_in else None
+        self._visitor = False  # the gate's last verdict was VISITOR
         self._post = post
         self.preroll: collections.deque[tuple[bytes, BlockLevel]] = collections.deque(
             maxlen=preroll_frames
@@ -61,6 +109,18 @@ class TurnAudio:
 
     def frame(self, pcm: bytes, level: BlockLevel) -> None:
         """One captured frame (24 kHz PCM16 mono) and its level."""
+        if self._gated is None:
+            self._route(pcm, level)
+            return
+        visitor = level.gate == VISITOR
+        if visitor and not self._visitor:
+            log.info("the double-talk gate hears a visitor over the kiosk's voice")
+            self._post(TalkOver())
+        self._visitor = visitor
+        for frame in self._gated.push(pcm, level):
+            self._route(*frame)
+
+    def _route(self, pcm: bytes, level: BlockLevel) -> None:
         if self.mic_open:
             self._take(pcm, level)
         else:

@@ -173,6 +173,11 @@ class InteractionSettings(_Section):
     vad: Literal["server_vad", "semantic_vad"] = "server_vad"
     """Hands-free turn detection: ``server_vad`` (silence-based) or ``semantic_vad`` (the
     model judges when the visitor has finished)."""
+    voice_barge_in: bool | None = None
+    """The visitor may talk over the kiosk: the mic stays open while it thinks and speaks, the
+    echo canceller's double-talk gate sends only the visitor's voice, and their first words
+    silence the reply. Unset: on in ``hands_free``, off in ``push_to_talk`` (where it is not
+    supported yet and is ignored). Needs ``[dsp] enabled``."""
     min_turn_ms: Annotated[int, Field(ge=100, le=5000)] = 250
     """A press shorter than this is a tap: nothing is sent (the server rejects < 100 ms)."""
     preroll_ms: Annotated[int, Field(ge=0, le=1000)] = 300

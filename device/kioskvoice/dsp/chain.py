@@ -332,9 +332,10 @@ class CaptureChain:
 
     def _echo_blocks(self) -> int:
         """How many blocks the echo of one aligned reference block lasts: the guard, the
-        filter's tail and 100 ms; while ``auto`` has not found the delay, the largest delay
-        too (the reference is not aligned yet)."""
-        ms = GUARD_MS + self.options.tail + 100
+        filter's tail and 300 ms (reverberation beyond the filter, which the end of a reply
+        leaves ringing); while ``auto`` has not found the delay, the largest delay too (the
+        reference is not aligned yet)."""
+        ms = GUARD_MS + self.options.tail + 300
         if self.delay_ms is None:
             ms += self.options.max_delay_ms
         return -(-ms // self.frame_ms)
@@ -344,6 +345,8 @@ class CaptureChain:
         ref = fifo.read(self.frame)
         if fifo.jump:
             self._echo.reset()  # the reference moved under the filter: start afresh
+            assert self.gate is not None
+            self.gate.reset()
             if self._estimator is not None:
                 self._estimator.clear()
         if self._estimator is not None:
@@ -383,6 +386,8 @@ class CaptureChain:
         if wanted != fifo.delay and not early <= estimate.lag <= late:
             fifo.set_delay(wanted)
             self._echo.reset()
+            assert self.gate is not None
+            self.gate.reset()  # the filter starts afresh: so does what the gate expects of it
             assert self._estimator is not None
             self._estimator.clear()
             self.realigns += 1

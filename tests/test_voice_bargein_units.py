@@ -1,0 +1,109 @@
+"""Voice barge-in's pure parts: the state machine's talk-over, the gated stream, the gate."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kioskvoice.dsp.gate import CLEAR, ECHO, VISITOR, EchoGate
+from kioskvoice.dsp.level import BlockLevel
+from kioskvoice.events import (
+    CloseMic,
+    Interrupt,
+    LinkUp,
+    OpenMic,
+    Press,
+    ReplyAudio,
+    ResponseDone,
+    ResponseStarted,
+    SpeechStarted,
+    SpeechStopped,
+    State,
+    StateChanged,
+    TalkOver,
+    Tick,
+)
+from kioskvoice.kiosk import Kiosk
+from kioskvoice.turn_audio import GatedStream
+
+
+def speaking(voice: bool) -> Kiosk:
+    kiosk = Kiosk(hands_free=True, voice_barge_in=voice)
+    kiosk.handle(LinkUp("s"), 0.0)
+    kiosk.handle(Press(), 1.0)
+    stopped = kiosk.handle(SpeechStopped(), 3.0)
+    # With voice barge-in the mic stays open while the kiosk thinks and speaks.
+    assert (CloseMic() in stopped) is not voice
+    kiosk.handle(ResponseStarted("r1"), 3.1)
+    kiosk.handle(ReplyAudio("r1", "i1", b"\0\0"), 3.2)
+    assert kiosk.state is State.SPEAKING
+    return kiosk
+
+
+def test_talking_over_the_reply_interrupts_it_and_keeps_the_buffer() -> None:
+    kiosk = speaking(voice=True)
+    actions = kiosk.handle(TalkOver(), 4.0)
+    assert actions == [
+        Interrupt("r1", "i1", cancel=True, clear=False),
+        StateChanged(State.SPEAKING, State.LISTENING),
+        OpenMic(),
+    ]
+    # The server's VAD then hears the same visitor: nothing more to do.
+    assert kiosk.handle(SpeechStarted(), 4.3) == []
+    assert kiosk.handle(SpeechStopped(), 6.0) == [StateChanged(State.LISTENING, State.THINKING)]
+
+
+def test_the_server_vad_alone_also_interrupts() -> None:
+    kiosk = speaking(voice=True)
+    assert isinstance(kiosk.handle(SpeechStarted(), 4.0)[0], Interrupt)
+
+
+def test_without_voice_barge_in_talk_over_is_ignored() -> None:
+    kiosk = speaking(voice=False)
+    assert kiosk.handle(TalkOver(), 4.0) == []
+    assert kiosk.handle(SpeechStarted(), 4.0) == []
+    kiosk.handle(ResponseDone("r1", "completed"), 4.5)
+    assert kiosk.handle(Tick(playback_idle=True), 5.0)[-1] == OpenMic()
+
+
+def test_push_to_talk_ignores_talk_over() -> None:
+    kiosk = Kiosk(voice_barge_in=True)
+    kiosk.handle(LinkUp("s"), 0.0)
+    assert kiosk.handle(TalkOver(), 1.0) == []
+
+
+def level(gate: int) -> BlockLevel:
+    return BlockLevel(-30.0, 0, 480, True, gate)
+
+
+def test_the_gated_stream_sends_silence_for_echo_and_the_onset_for_a_visitor() -> None:
+    stream = GatedStream(lookback=3)
+    frames = [bytes([i + 1]) * 4 for i in range(8)]
+    assert stream.push(frames[0], level(CLEAR)) == [(frames[0], level(CLEAR))]
+    out = [stream.push(f, level(ECHO)) for f in frames[1:5]]
+    assert out[:3] == [[], [], []]
+    assert out[3] == [(bytes(4), level(ECHO))]  # the oldest left unclaimed: silence
+    # The visitor claims what waits: their first word is in it.
+    claimed = stream.push(frames[5], level(VISITOR))
+    assert [p for p, _ in claimed] == frames[2:6]
+    stream.push(frames[6], level(ECHO))
+    # The echo is over: what waited was the kiosk's own.
+    assert [p for p, _ in stream.push(frames[7], level(CLEAR))] == [bytes(4), frames[7]]
+
+
+def test_the_gate_holds_echo_and_finds_a_louder_voice() -> None:
+    rng = np.random.default_rng(1)
+    gate = EchoGate(echo_blocks=5)
+    ref = (rng.normal(0, 3000, 320)).astype(np.int16).tobytes()
+    echo = (rng.normal(0, 300, 320)).astype(np.int16).tobytes()
+
+    def out(rms: float) -> bytes:
+        return (rng.normal(0, rms, 320)).astype(np.int16).tobytes()
+
+    silence = bytes(640)
+    assert gate.judge(silence, silence, out(100)) == CLEAR  # nothing played: nothing to hold
+    verdicts = [gate.judge(ref, echo, out(3)) for _ in range(300)]  # converged: -40 dB
+    assert set(verdicts) == {ECHO} and gate.residual_db < -35
+    talk = [gate.judge(ref, echo, out(300)) for _ in range(10)]
+    assert VISITOR in talk and talk.index(VISITOR) <= 7
+    gate.reset()  # the filter starts afresh: an unconverged canceller never opens the gate
+    assert gate.judge(ref, echo, out(300)) == ECHO
