@@ -10,7 +10,8 @@ APT_PACKAGES := portaudio19-dev libspeexdsp-dev libsystemd-dev swig pkg-config g
 	prometheus prometheus-node-exporter
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help system-deps venv demo test lint bench fuzz clean hw-test hw-test-sim image-check
+.PHONY: help system-deps venv demo test lint bench fuzz clean hw-test hw-test-sim image-check \
+	image-lock
 SHELL_SCRIPTS := image/install-into image/check image/build
 
 help:
@@ -20,6 +21,7 @@ help:
 	@echo "make fuzz   - the property-based fuzz tests, for longer"
 	@echo "make hw-test - hardware tests on a kiosk (every test skips off-device, saying why)"
 	@echo "make image-check - install into an arm64 Debian rootfs under emulation (minutes, root)"
+	@echo "make image-lock  - refresh the hash-locked Python layer of the image (image/lock/)"
 
 # Install only the Debian packages that are missing; apt-get update only when something is.
 system-deps:
@@ -81,6 +83,10 @@ bench: venv
 # image/README.md). PIP_CERT passes a TLS-intercepting proxy's CA into the chroot if set.
 image-check: venv
 	$(SUDO) env PIP_CERT="$$PIP_CERT" PYTHON=$(abspath $(BIN))/python image/check
+
+# Re-resolve image/lock/*.txt (pinned, hashed) from pyproject.toml with uv; needs PyPI.
+image-lock: venv
+	$(BIN)/python image/lock/refresh.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build device/*.egg-info

@@ -1,15 +1,18 @@
 """The image tooling, fast: every shell script in image/ passes shellcheck, image/install-into
 really installs into a (non-emulated) temporary root without apt and the virtualenv, the
-provisioning unit verifies, and the rpi-image-gen layer installs the packages install-into
-expects. The full arm64 run is ``make image-check`` (image/check)."""
+provisioning unit verifies, the rpi-image-gen layer installs the packages install-into
+expects, and the lock files of the image's Python layer are hashed, fresh and used with
+--require-hashes. The full run, arm64 and armhf under emulation, is ``make image-check``."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -171,3 +174,114 @@ def test_image_check_knows_every_example_secret() -> None:
     for key in ("api_key", "wifi_passphrase"):
         value = re.search(rf'(?m)^{key} = "([^"]+)"', example)
         assert value and value.group(1) in check, key
+
+
+# --- the hash-locked Python layer (image/lock/) ---------------------------------------------
+
+LOCK = IMAGE / "lock"
+PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+) \\$")
+
+
+def _refresh_module():
+    spec = importlib.util.spec_from_file_location("image_lock_refresh", LOCK / "refresh.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses look the module up by name.
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+refresh = _refresh_module()
+LOCKS = [lock.name for lock in refresh.lock_inputs()]
+
+
+def pins(name: str) -> dict[str, str]:
+    """The lock's pins, {normalised name: version}; asserts every one carries a hash."""
+    lines = (LOCK / f"{name}.txt").read_text().splitlines()
+    found: dict[str, str] = {}
+    for index, line in enumerate(lines):
+        if not line or line.startswith("#") or line.startswith("    "):
+            continue
+        match = PIN.match(line)
+        assert match, f"{name}.txt: not a pinned requirement: {line!r}"
+        assert lines[index + 1].strip().startswith("--hash=sha256:"), f"{name}.txt: {line}"
+        found[refresh.canonical(match.group(1))] = match.group(2)
+    return found
+
+
+def test_there_is_a_lock_per_architecture_and_for_the_tools() -> None:
+    assert set(LOCKS) == {"arm64", "armhf", "build", "check"}
+    for name in LOCKS:
+        assert (LOCK / f"{name}.txt").is_file(), name
+
+
+@pytest.mark.parametrize("name", LOCKS)
+def test_every_lock_pins_every_package_with_hashes(name: str) -> None:
+    text = (LOCK / f"{name}.txt").read_text()
+    assert len(pins(name)) >= 5
+    hashes = re.findall(r"--hash=sha256:([0-9a-f]*)", text)
+    assert hashes and all(len(h) == 64 for h in hashes)
+    # No direct URL, editable or index option can slip past --require-hashes.
+    assert not re.search(r"(?m)^\s*(-e|--index-url|--extra-index-url|--find-links|\S+ @ )", text)
+
+
+@pytest.mark.parametrize("name", LOCKS)
+def test_every_lock_was_resolved_from_the_current_pyproject(name: str) -> None:
+    (lock,) = [lock for lock in refresh.lock_inputs() if lock.name == name]
+    recorded = re.search(
+        r"(?m)^# input-sha256: ([0-9a-f]{64})$", (LOCK / f"{name}.txt").read_text()
+    )
+    assert recorded, f"{name}.txt has no input-sha256 header"
+    assert recorded.group(1) == lock.digest(), (
+        f"image/lock/{name}.txt is stale (pyproject.toml or image/lock/refresh.py changed): "
+        "run make image-lock"
+    )
+
+
+@pytest.mark.parametrize("arch", ["arm64", "armhf"])
+def test_each_architecture_locks_every_dependency_debian_does_not_provide(arch: str) -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    locked = pins(arch)
+    debian = refresh.DEBIAN[arch]
+    for requirement in project["dependencies"]:
+        name = refresh.requirement_name(requirement)
+        assert (name in locked) != (name in debian), f"{arch}: {name}"
+    assert "lgpio" in locked
+    # What the lock leaves to Debian, install-into installs from Debian.
+    listed = subprocess.run(
+        [str(INSTALL_INTO), "--print-packages", "--arch", arch],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert {package for package, _ in debian.values()} <= set(listed.stdout.split())
+
+
+def test_a_package_has_one_version_across_all_locks() -> None:
+    versions: dict[str, set[str]] = {}
+    for name in LOCKS:
+        for package, version in pins(name).items():
+            versions.setdefault(package, set()).add(version)
+    assert {p: v for p, v in versions.items() if len(v) > 1} == {}
+    # The 32-bit lock leaves numpy to Debian; otherwise the two architectures agree.
+    assert set(pins("arm64")) - set(pins("armhf")) == {"numpy"}
+
+
+def _pip_installs(script: Path) -> list[str]:
+    """Every pip install command of a shell script, continuation lines joined."""
+    text = script.read_text().replace("\\\n", " ")
+    return [line for line in text.splitlines() if re.search(r"pip\S*\"? .*\binstall\b", line)]
+
+
+def test_install_into_and_check_install_python_packages_only_with_hashes() -> None:
+    install_into = INSTALL_INTO.read_text()
+    assert re.search(r"(?m)^\s+local opts=\(.*--require-hashes.*\)$", install_into)
+    commands = _pip_installs(INSTALL_INTO) + _pip_installs(IMAGE / "check")
+    assert len(commands) >= 2
+    for command in commands:
+        assert "--require-hashes" in command or '"${opts[@]}"' in command, command
+    # The wheel itself is hashed into the requirements pip reads, next to the lock.
+    assert "--hash=sha256:" in install_into
+    assert 'lock="$here/lock/$arch.txt"' in install_into
