@@ -163,13 +163,6 @@ class ResilientAudio:
         self.last_progress_at = time.monotonic()
 
     @property
-    def room(self) -> RoomDevice | None:
-        """The virtual room, when the devices are one (``room:``)."""
-        session = self._session
-        duplex = session.duplex if session is not None else None
-        return duplex if isinstance(duplex, RoomDevice) else None
-
-    @property
     def output_block_samples(self) -> int:
         """Samples per playback block (for :class:`Player`)."""
         assert self.output_rate is not None, "open() first"
@@ -187,15 +180,8 @@ class ResilientAudio:
         self._want_duplex = self.duplex
 
     def _open_session(self) -> _Session:
-        if ROOM_PREFIX in (self.input_spec[:5], self.output_spec[:5]):
-            if self.input_spec != self.output_spec:
-                raise AudioDeviceError(
-                    "a room: device is the microphone and the speaker at once: set "
-                    "audio.input_device and audio.output_device to the same room: string"
-                )
-            room = RoomDevice(
-                self.input_spec, rate=self.rate, channels=self.channels, frame_ms=self.frame_ms
-            )
+        room = _room(self.input_spec, self.output_spec, self.rate, self.channels, self.frame_ms)
+        if room is not None:
             return _Session(None, duplex=room)  # type: ignore[arg-type]
         needs_pa = not (
             self.input_spec.startswith(WAV_PREFIX) and self.output_spec.startswith(WAV_PREFIX)
@@ -351,3 +337,25 @@ class ResilientAudio:
                 return
         self._close_session()
         self._state = "closed"
+
+
+def room_of(audio: ResilientAudio) -> RoomDevice | None:
+    """The virtual room ``audio`` runs on, when its devices are one (``room:``)."""
+    session = audio._session
+    duplex = session.duplex if session is not None else None
+    return duplex if isinstance(duplex, RoomDevice) else None
+
+
+def _room(
+    input_spec: str, output_spec: str, rate: int, channels: int, frame_ms: int
+) -> RoomDevice | None:
+    """A ``room:`` device when the specs name one (both must: it is the microphone and the
+    speaker at once), else None."""
+    if ROOM_PREFIX not in (input_spec[:5], output_spec[:5]):
+        return None
+    if input_spec != output_spec:
+        raise AudioDeviceError(
+            "a room: device is the microphone and the speaker at once: set "
+            "audio.input_device and audio.output_device to the same room: string"
+        )
+    return RoomDevice(input_spec, rate=rate, channels=channels, frame_ms=frame_ms)
