@@ -107,3 +107,18 @@ def test_the_gate_holds_echo_and_finds_a_louder_voice() -> None:
     assert VISITOR in talk and talk.index(VISITOR) <= 7
     gate.reset()  # the filter starts afresh: an unconverged canceller never opens the gate
     assert gate.judge(ref, echo, out(300)) == ECHO
+
+
+def test_voice_barge_in_is_hands_free_only_with_the_dsp_and_off_unless_asked() -> None:
+    from types import SimpleNamespace
+
+    from kioskvoice.app import voice_barge_in
+
+    def settings(mode: str, wanted: bool | None, dsp: bool = True) -> object:
+        interaction = SimpleNamespace(mode=mode, voice_barge_in=wanted)
+        return SimpleNamespace(interaction=interaction, dsp=SimpleNamespace(enabled=dsp))
+
+    assert voice_barge_in(settings("hands_free", True))  # type: ignore[arg-type]
+    assert not voice_barge_in(settings("hands_free", None))  # type: ignore[arg-type]
+    assert not voice_barge_in(settings("hands_free", True, dsp=False))  # type: ignore[arg-type]
+    assert not voice_barge_in(settings("push_to_talk", True))  # type: ignore[arg-type]

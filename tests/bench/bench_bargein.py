@@ -1,0 +1,99 @@
+"""Voice barge-in benchmark (issue 16; ``make bench``): figures printed, never asserted.
+
+In the virtual room of the acceptance (``echo_db=-20, distortion=0.3, delay_ms=60``), the real
+daemon in hands-free mode against the simulator:
+
+- barge-in latency: the visitor (``visitor_db``) talks over a long reply 3 s in; from their
+  speech onset to the speaker's silence on the room's ``out=`` recording, median and p95 over
+  N runs (a visitor the gate never finds counts as a miss);
+- self-interruptions per 10 minutes of replies: long replies with nobody talking over them;
+  every barge-in, or extra ``speech_started`` (beyond the question's), counts.
+
+Targets (issue 16): p95 <= 500 ms, zero self-interruptions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+
+from kioskvoice.sim import Simulator
+from test_voice_bargein import LONG, ROOM, converse, recorded, silent_from
+
+
+async def talk_over(tmp: Path, visitor_db: int) -> float | None:
+    """One talk-over; the latency in seconds, or None when the visitor was not found."""
+    async with Simulator() as sim:
+        sim.reply_more = LONG
+        try:
+            _kiosk, _log, out, onset = await converse(
+                tmp, sim, f"{ROOM},visitor_db={visitor_db}", 3.0
+            )
+        except TimeoutError:
+            return None
+    played, rate = recorded(out)
+    silent = silent_from(played, rate, onset) if onset is not None else None
+    return None if silent is None else (silent - onset) / rate
+
+
+async def long_reply(tmp: Path) -> tuple[int, float]:
+    """One long reply nobody talks over: (self-interruptions, seconds of reply played)."""
+    async with Simulator() as sim:
+        sim.reply_more = LONG
+        _kiosk, log, out, _ = await converse(tmp, sim, ROOM, None)
+        started = len(sim.sessions[0].sent_of_type("input_audio_buffer.speech_started"))
+    played, rate = recorded(out)
+    # A barge-in on the server's speech_started is one interruption, not two.
+    interruptions = max(log.count("interrupted by voice"), started - 1)
+    return interruptions, float(np.count_nonzero(played)) / rate
+
+
+async def main(runs: int, replies: int, visitor_db: int) -> None:
+    latencies: list[float] = []
+    misses = 0
+    for i in range(runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            latency = await talk_over(Path(tmp), visitor_db)
+        if latency is None:
+            misses += 1
+        else:
+            latencies.append(latency)
+        shown = "missed" if latency is None else f"{latency * 1000:.0f} ms"
+        print(f"  talk-over {i + 1}/{runs}: {shown}", flush=True)
+    if latencies:
+        latencies.sort()
+        p95 = latencies[min(len(latencies) - 1, int(np.ceil(0.95 * len(latencies))) - 1)]
+        print(
+            f"voice barge-in latency (visitor {visitor_db} dBFS): median "
+            f"{statistics.median(latencies) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms over "
+            f"{len(latencies)} runs; {misses} missed (target: p95 <= 500 ms)"
+        )
+    else:
+        print(f"voice barge-in latency: the visitor was never found ({misses} runs)")
+    total_self, total_s = 0, 0.0
+    for _ in range(replies):
+        with tempfile.TemporaryDirectory() as tmp:
+            count, seconds = await long_reply(Path(tmp))
+        total_self, total_s = total_self + count, total_s + seconds
+    per_10min = total_self * 600 / total_s if total_s else float("nan")
+    print(
+        f"self-interruptions: {total_self} in {total_s:.0f} s of replies = {per_10min:.1f} "
+        "per 10 minutes (target: 0)"
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20, help="talk-overs (default 20)")
+    parser.add_argument("--replies", type=int, default=10, help="long replies (default 10)")
+    parser.add_argument("--visitor-db", type=int, default=-30, help="visitor level, dBFS")
+    args = parser.parse_args()
+    asyncio.run(main(args.runs, args.replies, args.visitor_db))
