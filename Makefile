@@ -20,7 +20,8 @@ help:
 	@echo "make bench  - print speed and quality figures"
 	@echo "make fuzz   - the property-based fuzz tests, for longer"
 	@echo "make hw-test - hardware tests on a kiosk (every test skips off-device, saying why)"
-	@echo "make image-check - install into an arm64 Debian rootfs under emulation (minutes, root)"
+	@echo "make image-check - install and run a turn in arm64 and armhf Debian roots under emulation"
+	@echo "                   (about 20 minutes each, root; IMAGE_ARCH=armhf for one of them)"
 	@echo "make image-lock  - refresh the hash-locked Python layer of the image (image/lock/)"
 
 # Install only the Debian packages that are missing; apt-get update only when something is.
@@ -81,8 +82,10 @@ bench: venv
 
 # Not part of make test: it takes minutes, needs root, Debian's archive and PyPI (see
 # image/README.md). PIP_CERT passes a TLS-intercepting proxy's CA into the chroot if set.
+# IMAGE_ARCH: the Debian architectures to check, one after the other.
+IMAGE_ARCH ?= arm64 armhf
 image-check: venv
-	$(SUDO) env PIP_CERT="$$PIP_CERT" PYTHON=$(abspath $(BIN))/python image/check
+	$(SUDO) env PIP_CERT="$$PIP_CERT" PYTHON=$(abspath $(BIN))/python image/check $(IMAGE_ARCH)
 
 # Re-resolve image/lock/*.txt (pinned, hashed) from pyproject.toml with uv; needs PyPI.
 image-lock: venv

@@ -279,9 +279,24 @@ def test_install_into_and_check_install_python_packages_only_with_hashes() -> No
     install_into = INSTALL_INTO.read_text()
     assert re.search(r"(?m)^\s+local opts=\(.*--require-hashes.*\)$", install_into)
     commands = _pip_installs(INSTALL_INTO) + _pip_installs(IMAGE / "check")
-    assert len(commands) >= 2
+    assert len(commands) >= 3
     for command in commands:
         assert "--require-hashes" in command or '"${opts[@]}"' in command, command
     # The wheel itself is hashed into the requirements pip reads, next to the lock.
     assert "--hash=sha256:" in install_into
     assert 'lock="$here/lock/$arch.txt"' in install_into
+
+
+def test_image_check_runs_both_architectures_a_turn_and_the_speex_oracle() -> None:
+    check = (IMAGE / "check").read_text()
+    assert "arches=(arm64 armhf)" in check
+    assert re.search(r"(?m)^\s+arm64\) qemu=aarch64 ;;$", check)
+    assert re.search(r"(?m)^\s+armhf\) qemu=arm ;;$", check)
+    # Two installs, their freezes compared; a whole turn; the binding's oracle, none skipped.
+    assert 'diff -u "$out/freeze-1.txt" "$out/freeze-2.txt"' in check
+    assert "kioskvoice demo" in check
+    assert "tests/test_speex.py" in check
+    assert "test_cancel_is_bit_identical_to_speexdsp_python.*PASSED" in check
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"(?m)^IMAGE_ARCH \?= arm64 armhf$", makefile)
+    assert re.search(r"(?m)^image-lock: ", makefile)
