@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kioskvoice.audio.room import active_rms
 from kioskvoice.dsp import speex
 from kioskvoice.sim import Simulator
 from kioskvoice.sim.voice import synthesize
@@ -115,10 +116,6 @@ async def converse(tmp_path: Path, sim: Simulator, room: str, talk_over_at: floa
     return kiosk, log, out, said_at
 
 
-@pytest.mark.xfail(
-    reason="seen once in four runs: a second speech_started (dsp/gate.py's known gap)",
-    strict=False,
-)
 async def test_a_long_reply_in_the_room_plays_to_its_end(tmp_path: Path) -> None:
     async with Simulator() as sim:
         sim.reply_more = LONG
@@ -133,23 +130,18 @@ async def test_a_long_reply_in_the_room_plays_to_its_end(tmp_path: Path) -> None
     assert "barge_in" not in log
 
 
-def not_yet(visitor_db: int, why: str) -> object:
-    """A case the gate does not pass reliably yet (non-strict xfail: it often does)."""
-    return pytest.param(visitor_db, marks=pytest.mark.xfail(reason=why, strict=False))
-
-
 @pytest.mark.parametrize(
     "visitor_db",
     [
-        not_yet(
-            -15,
-            "passes most runs (silent 70-320 ms after the onset, answered in full), but the "
-            "gate's rare false verdicts can interrupt a reply (dsp/gate.py)",
-        ),
-        not_yet(
+        -15,
+        pytest.param(
             -30,
-            "issue 16's room: a visitor 10 dB under a distorted echo is found late or not at "
-            "all by the gate's per-block energy test (measured 0.3 s to never)",
+            marks=pytest.mark.xfail(
+                reason="3 s into the first reply the gate is still learning the fresh echo "
+                "filter's residual (it resets when the delay is found): measured 0.08-3.2 s "
+                "at -30 dBFS, 0.3-0.5 s in most bench runs (dsp/gate.py, issue 16's note)",
+                strict=False,
+            ),
         ),
     ],
 )
@@ -176,14 +168,30 @@ async def test_the_visitor_talks_over_the_reply(tmp_path: Path, visitor_db: int)
     assert abs(truncates[0]["audio_end_ms"] - played_ms) <= 1000 * BLOCK_S + 5, played_ms
     # The visitor's question is committed and answered, first word included.
     assert "completed" in [d["response"]["status"] for d in done]
+    # The server's VAD times speech from its first loud window to its last: had the gate sent
+    # silence for the visitor's first syllable, the span would be short by that much.
     spoke = float(transcripts[-1]["transcript"].split("You spoke for ")[1].split(" ")[0])
-    talk_s = len(synthesize(TALK_OVER, RATE)) / 2 / RATE
-    assert spoke >= talk_s - 0.4, (spoke, talk_s)
+    span = loud_span(visitor_db)
+    print(f"the server heard {spoke:.2f} s of the visitor's {span:.2f} s of speech")
+    assert spoke >= span - 0.1, (spoke, span)
     assert "interrupted by voice" in log
     if latency_s > 0.5:
-        # Issue 16's target; the gate favours never interrupting itself over speed, and a
-        # visitor 10 dB under a distorted echo takes it longer than this to be sure.
+        # Issue 16's target. 3 s into the first reply the gate has only just learnt the fresh
+        # echo filter's residual (dsp/gate.py): measured 280-520 ms at -30 dBFS (make bench).
         pytest.xfail(f"speaker silent {latency_s * 1000:.0f} ms after the onset (target 500)")
+
+
+def loud_span(visitor_db: float, threshold_dbfs: float = -45.0) -> float:
+    """From the visitor's first 20 ms window over ``threshold_dbfs`` (the simulator VAD's at
+    its default threshold) to their last, in seconds, at ``visitor_db`` as the room plays it."""
+    voice = np.frombuffer(synthesize(TALK_OVER, RATE), np.int16).astype(np.float64)
+    voice *= 32768.0 * 10 ** (visitor_db / 20) / active_rms(voice, RATE)
+    frame = RATE // 50
+    windows = voice[: len(voice) // frame * frame].reshape(-1, frame)
+    loud = np.nonzero(np.sqrt(np.mean(windows**2, axis=1)) > 32768.0 * 10 ** (threshold_dbfs / 20))[
+        0
+    ]
+    return (loud[-1] - loud[0] + 1) * frame / RATE
 
 
 def first_sound_after_gap(played: np.ndarray, rate: int, before: int, gap_s: float = 0.5) -> int:

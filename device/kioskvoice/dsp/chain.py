@@ -273,7 +273,7 @@ class CaptureChain:
             else None
         )
         self._tail = rate * o.tail // 1000
-        self.gate = EchoGate(self._echo_blocks())
+        self.gate = EchoGate(self._echo_blocks(), rate=rate)
         self._echo = EchoCanceller(self.frame, self._tail, rate)
         self._pre = Preprocessor(
             self.frame,
