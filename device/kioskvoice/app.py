@@ -311,13 +311,11 @@ class App:
 
 
 def voice_barge_in(settings: Settings) -> bool:
-    """Whether the visitor may talk over the kiosk: ``interaction.voice_barge_in``; never
-    without the DSP (no gate: the kiosk would hear itself) nor, for now, in push-to-talk (it
-    has no server VAD to end such a turn). Unset is off for now: the gate still interrupts
-    long replies now and then in a distorting room (tests/bench/bench_bargein.py); issue 16
-    wants it on in hands-free once it does not."""
+    """Whether the visitor may talk over the kiosk: ``interaction.voice_barge_in``, unset
+    meaning on; never without the DSP (no gate: the kiosk would hear itself) nor, for now, in
+    push-to-talk (it has no server VAD to end such a turn)."""
     i = settings.interaction
-    wanted = bool(i.voice_barge_in)
+    wanted = i.voice_barge_in is not False
     return wanted and settings.dsp.enabled and i.mode == "hands_free"
 
 

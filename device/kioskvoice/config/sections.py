@@ -177,8 +177,8 @@ class InteractionSettings(_Section):
     """The visitor may talk over the kiosk: the mic stays open while it thinks and speaks, the
     echo canceller's double-talk gate sends only the visitor's voice, and their first words
     silence the reply. Hands-free only (``push_to_talk`` ignores it for now); needs ``[dsp]
-    enabled``. Unset: off for now, until the double-talk gate stops interrupting the kiosk's
-    own long replies in a room with a distorting speaker (``make bench``)."""
+    enabled``. Unset: on in ``hands_free`` (``false`` closes the mic while the kiosk speaks,
+    as before)."""
     min_turn_ms: Annotated[int, Field(ge=100, le=5000)] = 250
     """A press shorter than this is a tap: nothing is sent (the server rejects < 100 ms)."""
     preroll_ms: Annotated[int, Field(ge=0, le=1000)] = 300
