@@ -77,6 +77,10 @@ class SimThread:
             await self._stop.wait()
             self.sessions = len(sim.sessions)
 
+    def set_reply_more(self, text: str) -> None:
+        """What the simulator says after "You spoke for N seconds." (a long reply)."""
+        self._loop.call_soon_threadsafe(setattr, self._sim, "reply_more", text)
+
     def session_count(self) -> int:
         """Sessions the simulator has seen so far."""
         return len(self._sim.sessions) if self._sim is not None else 0
