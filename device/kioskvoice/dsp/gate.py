@@ -39,8 +39,10 @@ scores 0.7 to 0.99, like speech), nor is the canceller's own reduction of the bl
 
 After a reset (a fresh echo filter, also when the delay is first found) the gate learns for
 ``warmup`` far-end blocks, and each level class for half that, before it trusts a score: an
-unconverged canceller passes the echo almost whole. So the first seconds of the first reply
-after a start cannot be talked over yet.
+unconverged canceller passes the echo almost whole. The canceller itself needs several
+seconds of the kiosk's voice to converge; until then its residual stands higher and a quiet
+visitor stands out late (at -30 dBFS: 0.2-3 s within the first 6 s of the first reply,
+80-160 ms from 8 s on). A press always interrupts at once.
 
 Pure and cheap: two real FFTs per block (512 points at 16 kHz), no clock, no I/O.
 """
@@ -48,6 +50,7 @@ Pure and cheap: two real FFTs per block (512 points at 16 kHz), no clock, no I/O
 from __future__ import annotations
 
 import collections
+import math
 
 import numpy as np
 
@@ -111,7 +114,7 @@ class EchoGate:
         self._recent: collections.deque[float] = collections.deque(maxlen=max(1, echo_blocks))
         self._far_gate = 10.0 ** (far_active_dbfs / 10.0) * 32768.0 * 32768.0  # mean square
         self._layout: tuple[int, int, np.ndarray, np.ndarray] | None = None  # size, nfft, ...
-        self._floor: np.ndarray | None = None
+        self._floor_db: np.ndarray | None = None
         self.reset()
         self.verdict = CLEAR
 
@@ -137,22 +140,24 @@ class EchoGate:
         """The echo now lasts ``echo_blocks`` (the delay was found or moved)."""
         self._recent = collections.deque(self._recent, maxlen=max(1, echo_blocks))
 
-    def _band_powers(self, pcm: bytes) -> np.ndarray:
-        samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float32)
-        if self._layout is None or self._layout[0] != samples.size:
-            size = max(1, samples.size)
-            nfft = 1 << max(1, (size - 1).bit_length())
+    def _band_db(self, *blocks: bytes) -> np.ndarray:
+        """Band energies of PCM16 blocks of one length, dB: one row per block."""
+        samples = np.frombuffer(b"".join(blocks), dtype=np.int16).astype(np.float32)
+        samples = samples.reshape(len(blocks), -1)
+        size = samples.shape[1]
+        if self._layout is None or self._layout[0] != size:
+            nfft = 1 << max(1, (max(1, size) - 1).bit_length())
             hz = np.geomspace(_LOW_HZ, min(_HIGH_HZ, 0.45 * self._rate), self._bands + 1)
             edges = np.unique(np.round(hz * nfft / self._rate).astype(int))
             window = np.hanning(size).astype(np.float32)
-            self._layout = (samples.size, nfft, window, edges)
+            self._layout = (size, nfft, window, edges)
             # White noise at ``quiet_dbfs``, band by band: quieter than that is no voice.
             sigma2 = (32768.0 * 10.0 ** (self._quiet_dbfs / 20.0)) ** 2
             self._quiet_db = _db(sigma2 * float(np.dot(window, window)) * np.diff(edges))
         _, nfft, window, edges = self._layout
-        spectrum = np.fft.rfft(samples * window, nfft)
+        spectrum = np.fft.rfft(samples * window, nfft, axis=1)
         power = spectrum.real**2 + spectrum.imag**2
-        return np.add.reduceat(power, edges[:-1])[: len(edges) - 1]
+        return _db(np.add.reduceat(power, edges[:-1], axis=1)[:, : len(edges) - 1])
 
     def judge(self, ref: bytes, mic: bytes, out: bytes) -> int:
         """One block: ``ref`` the aligned reference, ``mic`` what the canceller got, ``out`` the
@@ -162,16 +167,17 @@ class EchoGate:
         self.score = -np.inf
         far = np.frombuffer(ref, dtype=np.int16).astype(np.float32)
         self._recent.append(float(np.dot(far, far)) / max(1, far.size))
-        output = self._band_powers(out)
-        self._track_floor(output)
         if max(self._recent) < self._far_gate:
+            self._track_floor(self._band_db(out)[0])
             self._last_score, self._since_hit, self._latched = -np.inf, self._hangover + 1, False
             self._echo_energy = 0.0
             self.verdict = CLEAR
             return CLEAR
-        self._echo_energy = float(self._band_powers(ref).sum()) + self._decay * self._echo_energy
-        echo_db = float(_db(np.array(self._echo_energy)))
-        ratio = _db(output) - echo_db
+        far_db, out_db = self._band_db(ref, out)
+        self._track_floor(out_db)
+        self._echo_energy = float(np.sum(10.0 ** (far_db / 10.0))) + self._decay * self._echo_energy
+        echo_db = 10.0 * math.log10(max(self._echo_energy, 1e-2))
+        ratio = out_db - echo_db
         if self._ratio is None:
             self._ratio = np.tile(ratio, (self._levels, 1))  # a first guess; warm-up corrects it
             self._peak_db = echo_db
@@ -182,12 +188,11 @@ class EchoGate:
         learnt = self._ratio[level]
         known = [c for c in range(self._levels) if self._seen[c] >= self._warmup // 2]
         class_trusted = level in known
-        assert self._floor is not None
+        assert self._floor_db is not None
         # A level class seen too rarely yet borrows the most cautious known class's ratios.
         guess = learnt if class_trusted or not known else self._ratio[known].max(axis=0)
-        expected = np.maximum(echo_db + guess, _db(self._floor) + 6.0)
-        expected = np.maximum(expected, self._quiet_db)
-        excess = _db(output) - expected
+        expected = np.maximum(echo_db + guess, np.maximum(self._floor_db + 6.0, self._quiet_db))
+        excess = out_db - expected
         score = float(np.partition(excess, -self._rank)[-self._rank])
         smoothed, self._last_score = min(score, self._last_score), score
         self.score = smoothed
@@ -213,9 +218,9 @@ class EchoGate:
         self.verdict = VISITOR if self._latched else ECHO
         return self.verdict
 
-    def _track_floor(self, output: np.ndarray) -> None:
-        """The output's noise floor per band: follows every dip, rises 0.25 dB a block."""
-        if self._floor is None:
-            self._floor = output.copy()
+    def _track_floor(self, out_db: np.ndarray) -> None:
+        """The output's noise floor per band, dB: follows every dip, rises 0.25 dB a block."""
+        if self._floor_db is None:
+            self._floor_db = out_db.copy()
         else:
-            np.minimum(self._floor * 1.059, output, out=self._floor)
+            np.minimum(self._floor_db + 0.25, out_db, out=self._floor_db)
