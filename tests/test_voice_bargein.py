@@ -9,6 +9,7 @@ import asyncio
 import time
 import wave
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -57,6 +58,11 @@ def frames_of(path: Path) -> int:
         return wav.getnframes()
 
 
+def client_events(session: Any, kind: str) -> list[dict[str, Any]]:
+    """The events of type ``kind`` the kiosk sent in ``session``."""
+    return [e for e in session.received if e.get("type") == kind]
+
+
 def silent_from(played: np.ndarray, rate: int, start: int, hold_s: float = 0.3) -> int | None:
     """The first sample from ``start`` on where the speaker stays silent for ``hold_s``."""
     hold = int(hold_s * rate)
@@ -69,28 +75,44 @@ def silent_from(played: np.ndarray, rate: int, start: int, hold_s: float = 0.3) 
     return last if len(played) - last >= hold else None
 
 
-async def converse(tmp_path: Path, sim: Simulator, room: str, talk_over_at: float | None):
-    """A hands-free conversation in ``room``: the visitor asks, the kiosk answers at length,
-    and (``talk_over_at`` s into the reply) the visitor talks over it."""
+async def converse(
+    tmp_path: Path,
+    sim: Simulator,
+    room: str,
+    talk_over_at: float | None,
+    *,
+    mode: str = "hands_free",
+    voice_barge_in: bool | None = True,
+):
+    """A conversation in ``room``: the visitor asks (hands-free: after a press; push-to-talk:
+    holding the button), the kiosk answers at length, and (``talk_over_at`` s into the reply)
+    the visitor talks over it."""
     out = tmp_path / "speaker.wav"
     spec = f"{room},out={out}"
     question, _ = say_file(tmp_path / "question.wav", QUESTION)
     over, over_onset = say_file(tmp_path / "over.wav", TALK_OVER)
+    interaction: dict[str, object] = {"mode": mode}
+    if voice_barge_in is not None:
+        interaction["voice_barge_in"] = voice_barge_in
     kiosk = await start(
         sim,
         tmp_path,
         question,
         audio={"input_device": spec, "output_device": spec},
-        interaction={"mode": "hands_free", "voice_barge_in": True},
+        interaction=interaction,
     )
+    after_reply = "listening" if mode == "hands_free" else "idle"
     said_at = None
     try:
         await kiosk.ctl("press")
         await asyncio.sleep(0.5)  # after the listening beep
         await asyncio.to_thread(request, kiosk.socket, "say", path=str(question))
+        if mode == "push_to_talk":
+            await asyncio.sleep(frames_of(question) / RATE + 0.3)
+            await kiosk.ctl("release")
         await kiosk.until(state="speaking", timeout_s=20)
         if talk_over_at is None:
-            await kiosk.until(state="listening", timeout_s=120)
+            await kiosk.until(state=after_reply, timeout_s=120)
         else:
             await asyncio.sleep(talk_over_at)
             before = frames_of(out)
@@ -107,7 +129,7 @@ async def converse(tmp_path: Path, sim: Simulator, room: str, talk_over_at: floa
                 for d in s.sessions[0].sent_of_type("response.done")
             )
             await sim.wait_for(answered, 30)
-            await kiosk.until(state="listening", timeout_s=30)
+            await kiosk.until(state=after_reply, timeout_s=30)
             await asyncio.sleep(0.5)
     except BaseException:
         print(await kiosk.stop())  # what the daemon did, for the failure report
@@ -137,9 +159,10 @@ async def test_a_long_reply_in_the_room_plays_to_its_end(tmp_path: Path) -> None
         pytest.param(
             -30,
             marks=pytest.mark.xfail(
-                reason="3 s into the first reply the gate is still learning the fresh echo "
-                "filter's residual (it resets when the delay is found): measured 0.08-3.2 s "
-                "at -30 dBFS, 0.3-0.5 s in most bench runs (dsp/gate.py, issue 16's note)",
+                reason="3 s into the first reply the echo canceller is still converging (its "
+                "residual stands higher than later), so a visitor 10 dB under the echo stands "
+                "out late: measured 0.08-3.2 s here, 0.3-0.5 s in most bench runs, 80-160 ms "
+                "8 s and more into a reply (tests/test_echo_gate_rooms.py; issue 16's note)",
                 strict=False,
             ),
         ),
@@ -151,7 +174,7 @@ async def test_the_visitor_talks_over_the_reply(tmp_path: Path, visitor_db: int)
         room = f"{ROOM},visitor_db={visitor_db}"
         _kiosk, log, out, onset = await converse(tmp_path, sim, room, 3.0)
         session = sim.sessions[0]
-        truncates = [e for e in session.received if e.get("type") == "conversation.item.truncate"]
+        truncates = client_events(session, "conversation.item.truncate")
         transcripts = session.sent_of_type("response.output_audio_transcript.done")
         done = session.sent_of_type("response.done")
     played, rate = recorded(out)
@@ -229,3 +252,45 @@ async def test_hands_free_without_voice_barge_in_closes_the_mic(tmp_path: Path) 
         done = sim.sessions[0].sent_of_type("response.done")
     assert [d["response"]["status"] for d in done] == ["completed"], log
     assert "barge_in" not in log
+
+
+async def test_push_to_talk_voice_barge_in_when_asked(tmp_path: Path) -> None:
+    """Push-to-talk with ``voice_barge_in = true``: talking over the reply silences it, and the
+    visitor's words, with nobody holding the button, are a turn that ends when they fall
+    quiet and is answered."""
+    async with Simulator() as sim:
+        sim.reply_more = LONG
+        room = f"{ROOM},visitor_db=-15"
+        _kiosk, log, out, onset = await converse(
+            tmp_path, sim, room, 3.0, mode="push_to_talk", voice_barge_in=True
+        )
+        session = sim.sessions[0]
+        truncates = client_events(session, "conversation.item.truncate")
+        commits = client_events(session, "input_audio_buffer.commit")
+        done = session.sent_of_type("response.done")
+        transcripts = session.sent_of_type("response.output_audio_transcript.done")
+    played, rate = recorded(out)
+    silent = silent_from(played, rate, onset) if onset is not None else None
+    assert silent is not None and onset is not None and (silent - onset) / rate <= 0.5, log
+    assert len(truncates) == 1 and len(commits) == 2, log
+    assert [d["response"]["status"] for d in done][-1] == "completed"
+    # The second turn holds the whole talk-over: its onset came from the gate's look-back.
+    spoke = float(transcripts[-1]["transcript"].split("You spoke for ")[1].split(" ")[0])
+    assert spoke >= loud_span(-15), (spoke, loud_span(-15))
+    assert "interrupted by voice" in log
+
+
+async def test_push_to_talk_by_default_plays_on_over_a_voice(tmp_path: Path) -> None:
+    """Push-to-talk as before: unless asked, talking over the reply does not interrupt it."""
+    async with Simulator() as sim:
+        sim.reply_more = LONG[:150]
+        room = f"{ROOM},visitor_db=-15"
+        out = tmp_path / "speaker.wav"
+        _kiosk, log, _out, _ = await converse(
+            tmp_path, sim, room, None, mode="push_to_talk", voice_barge_in=None
+        )
+        done = sim.sessions[0].sent_of_type("response.done")
+        truncates = client_events(sim.sessions[0], "conversation.item.truncate")
+    assert [d["response"]["status"] for d in done] == ["completed"], log
+    assert not truncates and "barge_in" not in log
+    assert out.exists()

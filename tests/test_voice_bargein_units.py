@@ -8,10 +8,12 @@ from kioskvoice.dsp.gate import CLEAR, ECHO, VISITOR, EchoGate
 from kioskvoice.dsp.level import BlockLevel
 from kioskvoice.events import (
     CloseMic,
+    CommitTurn,
     Interrupt,
     LinkUp,
     OpenMic,
     Press,
+    Release,
     ReplyAudio,
     ResponseDone,
     ResponseStarted,
@@ -21,9 +23,11 @@ from kioskvoice.events import (
     StateChanged,
     TalkOver,
     Tick,
+    VoiceEnded,
+    VoiceHeard,
 )
 from kioskvoice.kiosk import Kiosk
-from kioskvoice.turn_audio import GatedStream
+from kioskvoice.turn_audio import VOICE_END_S, GatedStream, TurnAudio
 
 
 def speaking(voice: bool) -> Kiosk:
@@ -43,7 +47,7 @@ def test_talking_over_the_reply_interrupts_it_and_keeps_the_buffer() -> None:
     kiosk = speaking(voice=True)
     actions = kiosk.handle(TalkOver(), 4.0)
     assert actions == [
-        Interrupt("r1", "i1", cancel=True, clear=False),
+        Interrupt("r1", "i1", cancel=True, clear=False, by_voice=True),
         StateChanged(State.SPEAKING, State.LISTENING),
         OpenMic(),
     ]
@@ -65,10 +69,100 @@ def test_without_voice_barge_in_talk_over_is_ignored() -> None:
     assert kiosk.handle(Tick(playback_idle=True), 5.0)[-1] == OpenMic()
 
 
-def test_push_to_talk_ignores_talk_over() -> None:
+def speaking_push_to_talk(voice: bool) -> Kiosk:
+    kiosk = Kiosk(voice_barge_in=voice)
+    kiosk.handle(LinkUp("s"), 0.0)
+    kiosk.handle(Press(), 1.0)
+    kiosk.handle(VoiceHeard(), 1.2)
+    assert CommitTurn() in kiosk.handle(Release(), 3.0)
+    kiosk.handle(ResponseStarted("r1"), 3.1)
+    kiosk.handle(ReplyAudio("r1", "i1", b"\0\0"), 3.2)
+    assert kiosk.state is State.SPEAKING
+    return kiosk
+
+
+def test_push_to_talk_talking_over_the_reply_opens_a_turn_that_ends_when_they_fall_quiet() -> None:
+    kiosk = speaking_push_to_talk(voice=True)
+    actions = kiosk.handle(TalkOver(), 4.0)
+    assert actions == [
+        Interrupt("r1", "i1", cancel=True, clear=True, by_voice=True),
+        StateChanged(State.SPEAKING, State.LISTENING),
+        OpenMic(by_voice=True),
+    ]
+    kiosk.handle(VoiceHeard(), 4.0)
+    assert kiosk.handle(Tick(playback_idle=True), 5.0) == []  # no button to wait for: listening
+    ended = kiosk.handle(VoiceEnded(), 6.5)
+    assert CommitTurn() in ended and ended[-1] == StateChanged(State.LISTENING, State.THINKING)
+
+
+def test_push_to_talk_ignores_talk_over_unless_asked_and_while_idle() -> None:
+    assert speaking_push_to_talk(voice=False).handle(TalkOver(), 4.0) == []
     kiosk = Kiosk(voice_barge_in=True)
     kiosk.handle(LinkUp("s"), 0.0)
     assert kiosk.handle(TalkOver(), 1.0) == []
+
+
+def test_a_pressed_turn_is_not_ended_by_falling_quiet() -> None:
+    kiosk = Kiosk(voice_barge_in=True)
+    kiosk.handle(LinkUp("s"), 0.0)
+    kiosk.handle(Press(), 1.0)
+    kiosk.handle(VoiceHeard(), 1.2)
+    assert kiosk.handle(VoiceEnded(), 3.0) == []  # the button rules a pressed turn
+    assert kiosk.state is State.LISTENING
+
+
+class _Link:
+    session_id = "s"
+
+
+class _Supervisor:
+    """The two things TurnAudio asks of the link's supervisor (the wire is tested elsewhere:
+    tests/test_voice_bargein.py runs the daemon)."""
+
+    link = _Link()
+
+    def __init__(self) -> None:
+        self.sent: list[object] = []
+
+    def send(self, build: object, *args: object, droppable: bool = False) -> bool:
+        self.sent.append((build, *args))
+        return True
+
+
+FRAME = bytes(960)  # 20 ms at 24 kHz
+
+
+def test_a_turn_opened_by_voice_ends_after_their_silence_and_keeps_the_claimed_onset() -> None:
+    posted: list[object] = []
+    turn = TurnAudio(
+        _Supervisor(), posted.append, preroll_frames=15, floor_dbfs=-50.0, voice_barge_in=True
+    )
+    loud = BlockLevel(-30.0, 0, 480, True, ECHO)
+    for _ in range(50):  # the kiosk speaks: the gate holds these back, the mic is closed
+        turn.frame(FRAME, loud)
+    turn.frame(FRAME, BlockLevel(-30.0, 0, 480, True, VISITOR))
+    assert TalkOver() in posted
+    assert len(turn.preroll) == 51  # the whole look-back waits for the turn, not 300 ms of it
+    turn.open(streaming=False, by_voice=True)
+    assert turn.seconds == 51 * 0.02 and VoiceHeard() in posted
+    quiet = BlockLevel(-80.0, 0, 480, False, VISITOR)
+    frames = 0
+    while VoiceEnded() not in posted:
+        turn.frame(FRAME, quiet)
+        frames += 1
+        assert frames < 100
+    assert frames == round(VOICE_END_S / 0.02)
+    assert turn.preroll.maxlen == 15  # a later press gets the usual pre-roll again
+
+
+def test_a_pressed_turn_never_posts_voice_ended() -> None:
+    posted: list[object] = []
+    turn = TurnAudio(_Supervisor(), posted.append, preroll_frames=15, floor_dbfs=-50.0)
+    turn.open(streaming=False)
+    turn.frame(FRAME, BlockLevel(-30.0, 0, 480, True))
+    for _ in range(100):
+        turn.frame(FRAME, BlockLevel(-80.0, 0, 480, False))
+    assert VoiceHeard() in posted and VoiceEnded() not in posted
 
 
 def level(gate: int) -> BlockLevel:
@@ -118,8 +212,9 @@ def test_voice_barge_in_is_hands_free_only_with_the_dsp_and_on_unless_refused() 
         interaction = SimpleNamespace(mode=mode, voice_barge_in=wanted)
         return SimpleNamespace(interaction=interaction, dsp=SimpleNamespace(enabled=dsp))
 
+    assert voice_barge_in(settings("push_to_talk", True))  # type: ignore[arg-type]
+    assert not voice_barge_in(settings("push_to_talk", None))  # type: ignore[arg-type]
     assert voice_barge_in(settings("hands_free", True))  # type: ignore[arg-type]
     assert voice_barge_in(settings("hands_free", None))  # type: ignore[arg-type]
     assert not voice_barge_in(settings("hands_free", False))  # type: ignore[arg-type]
     assert not voice_barge_in(settings("hands_free", True, dsp=False))  # type: ignore[arg-type]
-    assert not voice_barge_in(settings("push_to_talk", True))  # type: ignore[arg-type]

@@ -311,12 +311,12 @@ class App:
 
 
 def voice_barge_in(settings: Settings) -> bool:
-    """Whether the visitor may talk over the kiosk: ``interaction.voice_barge_in``, unset
-    meaning on; never without the DSP (no gate: the kiosk would hear itself) nor, for now, in
-    push-to-talk (it has no server VAD to end such a turn)."""
+    """Whether the visitor may talk over the kiosk: ``interaction.voice_barge_in``; unset means
+    on in hands-free and off in push-to-talk (where visitors expect the button to rule); never
+    without the DSP (no gate: the kiosk would hear itself)."""
     i = settings.interaction
-    wanted = i.voice_barge_in is not False
-    return wanted and settings.dsp.enabled and i.mode == "hands_free"
+    wanted = i.mode == "hands_free" if i.voice_barge_in is None else i.voice_barge_in
+    return wanted and settings.dsp.enabled
 
 
 def _capture_chain(settings: Settings, out_rate: int) -> CaptureChain:

@@ -153,6 +153,12 @@ class VoiceHeard:
 
 
 @dataclass(frozen=True, slots=True)
+class VoiceEnded:
+    """The visitor whose words opened the turn (push-to-talk voice barge-in: no button held,
+    no server VAD) has been quiet long enough: their turn is over."""
+
+
+@dataclass(frozen=True, slots=True)
 class TalkOver:
     """The double-talk gate heard the visitor talk over the kiosk's own voice (voice
     barge-in): found locally, before the server's VAD could say so."""
@@ -186,6 +192,7 @@ Event = (
     | DeviceBack
     | Reset
     | VoiceHeard
+    | VoiceEnded
     | SpeechStarted
     | SpeechStopped
     | FunctionCall
@@ -199,6 +206,10 @@ Event = (
 @dataclass(frozen=True, slots=True)
 class OpenMic:
     """Start streaming captured audio to the model."""
+
+    by_voice: bool = False
+    """The visitor's voice opened the turn (push-to-talk voice barge-in): it ends when they
+    fall quiet (:class:`VoiceEnded`), not on a release."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,12 +257,14 @@ class PlayAudio:
 class Interrupt:
     """Barge-in: silence the speaker now, cancel the response if it still runs
     (``response_id`` None: whichever is in progress), truncate ``item_id`` to what was played,
-    clear the input buffer (``clear``; not for a voice barge-in, whose first words are in it)."""
+    clear the input buffer (``clear``; not for a hands-free voice barge-in, whose first words
+    are in it). ``by_voice``: the visitor's voice, not a press, did it (what the log says)."""
 
     response_id: str | None
     item_id: str | None
     cancel: bool
     clear: bool = True
+    by_voice: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -142,7 +142,7 @@ class Executor:
                 log_event(log, logging.INFO, "turn_start", "listening", turn=self.turns)
                 if fresh:
                     self.feedback.play("listening")
-                turn.open(streaming=self.kiosk.conversation)
+                turn.open(streaming=self.kiosk.conversation, by_voice=action.by_voice)
             case CommitTurn():
                 if turn.mic_open:
                     turn.close()
@@ -183,10 +183,10 @@ class Executor:
                     self._send(Protocol.cancel, response_id)
                 if item_id is not None:
                     self._send(Protocol.truncate, item_id, heard_ms)
-                if clear:  # a voice barge-in keeps the buffer: the visitor's words are in it
+                if clear:  # a hands-free voice barge-in keeps the buffer: their words are in it
                     self._send(Protocol.clear)
                 self._released_at = None
-                by = "button" if clear else "voice"
+                by = "voice" if action.by_voice else "button"
                 log_event(
                     log,
                     logging.INFO,

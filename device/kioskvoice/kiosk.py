@@ -29,10 +29,14 @@ stop, speaks, and listens again; the mic is closed while it thinks and speaks, s
 hear itself. The conversation closes after ``conversation_idle_s`` without speech, or on a
 press while listening; a press while it speaks is a barge-in, as in push-to-talk.
 
-Voice barge-in (``voice_barge_in=True``, hands-free): the mic stays open while the kiosk thinks
+Voice barge-in (``voice_barge_in=True``), hands-free: the mic stays open while the kiosk thinks
 and speaks (the double-talk gate sends silence for its own echo). ``TalkOver`` (the local gate)
 or ``SpeechStarted`` (the server's VAD) while it thinks or speaks is a barge-in that keeps the
 server's input buffer (``Interrupt(clear=False)``): the visitor's first words are in it.
+Push-to-talk: ``TalkOver`` while it thinks or speaks is a barge-in that opens a turn by voice
+(``OpenMic(by_voice=True)``, the gate's look-back holding the onset); with no button held and
+no server VAD, that turn ends on ``VoiceEnded`` (the visitor fell quiet), a release, or at
+``max_turn_s``.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ from .events import (
     TalkOver,
     Tick,
     ToolsDone,
+    VoiceEnded,
     VoiceHeard,
 )
 
@@ -107,6 +112,7 @@ class Kiosk:
         self.mic_suspect_turns = mic_suspect_turns
         self.silent_turns = 0  # push-to-talk turns in a row with no speech in them
         self._turn_heard = False
+        self._voice_turn = False  # push-to-talk: the visitor's voice, not a press, opened it
         self._abandoned = False  # gave up on a committed turn: cancel its late response
         self._visitor_speaking = False  # hands-free: between the server's speech edges
         self.max_turn_s = max_turn_s
@@ -144,6 +150,7 @@ class Kiosk:
             DeviceBack: self._on_device_back,
             Reset: self._on_reset,
             VoiceHeard: self._on_voice_heard,
+            VoiceEnded: self._on_voice_ended,
             SpeechStarted: self._on_speech_started,
             TalkOver: self._on_talk_over,
             SpeechStopped: self._on_speech_stopped,
@@ -191,10 +198,11 @@ class Kiosk:
         self._response_done = False
         self._audio_item = None
 
-    def _start_listening(self, now: float) -> list[Action]:
+    def _start_listening(self, now: float, *, by_voice: bool = False) -> list[Action]:
         self._pressed_at = self._heard_at = now
         self._turn_heard = False
-        return [*self._go(State.LISTENING), OpenMic()]
+        self._voice_turn = by_voice
+        return [*self._go(State.LISTENING), OpenMic(by_voice=by_voice)]
 
     def _after_reply(self, now: float) -> list[Action]:
         """Where a finished (or abandoned) reply leads: listening again in a hands-free
@@ -233,11 +241,11 @@ class Kiosk:
             actions.append(Notice("mic_suspect", f"{self.silent_turns} silent turns in a row"))
         return actions
 
-    def _barge_in(self, now: float, *, clear: bool) -> list[Action]:
+    def _barge_in(self, now: float, *, clear: bool, by_voice: bool = False) -> list[Action]:
         cancel = self.response_in_progress and self.link_up
-        barge = Interrupt(self._response_id, self._audio_item, cancel, clear)
+        barge = Interrupt(self._response_id, self._audio_item, cancel, clear, by_voice or not clear)
         self._forget_response()
-        return [barge, *self._start_listening(now)]
+        return [barge, *self._start_listening(now, by_voice=by_voice)]
 
     def _commit(self, now: float) -> list[Action]:
         self._deliver_by = None
@@ -457,9 +465,21 @@ class Kiosk:
         return self._on_talk_over(TalkOver(), now)  # the server's VAD heard them first
 
     def _on_talk_over(self, event: TalkOver, now: float) -> list[Action]:
-        busy = self.state in (State.THINKING, State.SPEAKING)
-        voice = self.voice_barge_in and self.conversation and busy
-        return self._barge_in(now, clear=False) if voice else []
+        if not (self.voice_barge_in and self.state in (State.THINKING, State.SPEAKING)):
+            return []
+        if self.conversation:  # the server's VAD ends the turn; its buffer has the onset
+            return self._barge_in(now, clear=False)
+        if self.hands_free:
+            return []
+        # Push-to-talk: nothing of the visitor is on the server yet (the mic was closed); the
+        # gate's look-back holds their onset and goes out with the turn, which ends when they
+        # fall quiet (VoiceEnded), on a release, or at max_turn_s.
+        return self._barge_in(now, clear=True, by_voice=True)
+
+    def _on_voice_ended(self, event: VoiceEnded, now: float) -> list[Action]:
+        if self._voice_turn and self.state is State.LISTENING:
+            return self._end_turn(now)
+        return []
 
     def _on_speech_stopped(self, event: SpeechStopped, now: float) -> list[Action]:
         self._visitor_speaking = False

@@ -22,6 +22,10 @@ VAD can only ever hear what the gate lets through, so it can never be earlier; w
 would add the network round trip and its own speech window to the silence the visitor waits
 for. The server's VAD still bounds and commits the turn (with its prefix padding), and its
 ``speech_started`` interrupts too when the gate had nothing to hold (the kiosk thinking).
+
+In push-to-talk the mic is closed while the kiosk speaks, so what the gate lets out waits in
+the pre-roll, stretched to hold the whole look-back when the visitor claims it; the turn their
+voice opens is ended by them falling quiet for :data:`VOICE_END_S` (:class:`VoiceEnded`).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import Any
 
 from .dsp.gate import CLEAR, VISITOR
 from .dsp.level import BlockLevel, TurnMeter
-from .events import TalkOver, VoiceHeard
+from .events import TalkOver, VoiceEnded, VoiceHeard
 from .realtime.protocol import Protocol
 from .realtime.supervisor import Supervisor
 
@@ -44,6 +48,10 @@ BYTES_PER_S = 48000
 LOOKBACK_FRAMES = 60
 """Frames the gate may hold while the kiosk speaks (1.2 s of 20 ms frames): more than the
 gate's slowest confirmation of a visitor, so their onset is never replaced by silence."""
+
+VOICE_END_S = 0.8
+"""A turn opened by the visitor's voice (push-to-talk voice barge-in) ends after this long
+with no block above the silence floor or judged speech, once it has held speech."""
 
 Frame = tuple[bytes, BlockLevel]
 
@@ -91,9 +99,13 @@ class TurnAudio:
         self._gated = GatedStream() if voice_barge_in else None
         self._visitor = False  # the gate's last verdict was VISITOR
         self._post = post
+        self._preroll_frames = preroll_frames
         self.preroll: collections.deque[tuple[bytes, BlockLevel]] = collections.deque(
             maxlen=preroll_frames
         )
+        self._by_voice = False  # the open turn was opened by the visitor's voice
+        self._quiet_s = 0.0  # ... and has been quiet this long since it last held speech
+        self._ended = False
         self.meter = TurnMeter(floor_dbfs)
         self.mic_open = False
         self.streaming = False  # hands-free: every frame goes out as captured
@@ -116,6 +128,12 @@ class TurnAudio:
         if visitor and not self._visitor:
             log.info("the double-talk gate hears a visitor over the kiosk's voice")
             self._post(TalkOver())
+            if not self.mic_open:  # push-to-talk: the look-back waits for the turn to open
+                self.preroll = collections.deque(
+                    self.preroll, maxlen=self._preroll_frames + self._gated._lookback + 1
+                )
+        elif level.gate == CLEAR and self.preroll.maxlen != self._preroll_frames:
+            self.preroll = collections.deque(self.preroll, maxlen=self._preroll_frames)
         self._visitor = visitor
         for frame in self._gated.push(pcm, level):
             self._route(*frame)
@@ -126,16 +144,20 @@ class TurnAudio:
         else:
             self.preroll.append((pcm, level))
 
-    def open(self, *, streaming: bool) -> None:
-        """Start a turn with the pre-roll; ``streaming`` for a hands-free conversation."""
+    def open(self, *, streaming: bool, by_voice: bool = False) -> None:
+        """Start a turn with the pre-roll; ``streaming`` for a hands-free conversation;
+        ``by_voice``: the visitor's voice opened it (post :class:`VoiceEnded` when they fall
+        quiet)."""
         self.mic_open, self.streaming = True, streaming
         self.audio.clear()
         self._sent = 0
         self.appended = False
         self._session, self._gap = None, False
+        self._by_voice, self._quiet_s, self._ended = by_voice, 0.0, False
         self.meter.reset()
         while self.preroll:
             self._take(*self.preroll.popleft())
+        self.preroll = collections.deque(maxlen=self._preroll_frames)
 
     def close(self) -> None:
         """Stop taking frames (the turn's audio stays until :meth:`forget`)."""
@@ -155,6 +177,12 @@ class TurnAudio:
             self._post(VoiceHeard())
         if not self.meter.heard:
             return  # held back: a turn with nothing in it never reaches the model
+        if self._by_voice and not self._ended:
+            loud = level.voiced or level.dbfs >= self.meter.floor_dbfs
+            self._quiet_s = 0.0 if loud else self._quiet_s + len(pcm) / BYTES_PER_S
+            if self._quiet_s >= VOICE_END_S:
+                self._ended = True
+                self._post(VoiceEnded())
         while self._sent < len(self.audio):
             chunk = bytes(self.audio[self._sent : self._sent + CHUNK_BYTES])
             self._sent += len(chunk)

@@ -174,11 +174,12 @@ class InteractionSettings(_Section):
     """Hands-free turn detection: ``server_vad`` (silence-based) or ``semantic_vad`` (the
     model judges when the visitor has finished)."""
     voice_barge_in: bool | None = None
-    """The visitor may talk over the kiosk: the mic stays open while it thinks and speaks, the
-    echo canceller's double-talk gate sends only the visitor's voice, and their first words
-    silence the reply. Hands-free only (``push_to_talk`` ignores it for now); needs ``[dsp]
-    enabled``. Unset: on in ``hands_free`` (``false`` closes the mic while the kiosk speaks,
-    as before)."""
+    """The visitor may talk over the kiosk: the echo canceller's double-talk gate sends only
+    the visitor's voice while the kiosk thinks and speaks, and their first words silence the
+    reply. Hands-free: the conversation's turn goes on, ended by the server's VAD. Push-to-talk:
+    their voice opens a turn, which ends when they fall quiet (0.8 s), on a press and release,
+    or at ``max_turn_s``. Needs ``[dsp] enabled``. Unset: on in ``hands_free`` (``false``
+    closes the mic while the kiosk speaks, as before), off in ``push_to_talk``."""
     min_turn_ms: Annotated[int, Field(ge=100, le=5000)] = 250
     """A press shorter than this is a tap: nothing is sent (the server rejects < 100 ms)."""
     preroll_ms: Annotated[int, Field(ge=0, le=1000)] = 300
