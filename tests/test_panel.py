@@ -225,7 +225,10 @@ async def test_a_long_hold_is_a_question_and_the_reset_button_a_new_visitor(
         assert turns_on_the_wire(old) == [
             ["append*", "input_audio_buffer.commit", "response.create"]
         ]
-        assert appended_seconds(old, 0) >= 6.4
+        # The whole hold is one question (the old reset took any press over 5 s). Not 6.5:
+        # on a loaded machine the paced wav: capture runs a few blocks behind the release
+        # (6.24 s was seen with an emulated image build on both cores).
+        assert appended_seconds(old, 0) >= 6.0
         reset = factory.pin(RESET_PIN)
         reset.drive_low()
         reset.drive_high()
