@@ -54,8 +54,10 @@ lint: venv
 	$(BIN)/ruff format --check .
 	shellcheck $(SHELL_SCRIPTS)
 
+# Two workers, each test file on one (a file's fixtures and its real daemon stay together):
+# the scenarios mostly wait in real time, so this halves the run on a 2-core machine.
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest --numprocesses=2 --dist=loadfile
 	$(MAKE) --no-print-directory hw-test-sim
 
 # The property-based fuzz tests with many more examples than make test gives them.
