@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -210,3 +211,27 @@ def make_room_scene(
         near_only=tuple((float(a), float(b)) for a, b in near_only),
         delay_ms=delay_ms,
     )
+
+
+ISSUE_16_ROOM = "room:echo_db=-20,distortion=0.3,delay_ms=60"
+"""Issue 16's virtual room: the kiosk's voice at -20 dBFS at its mic, a speaker that distorts
+(soft clipping 0.3), 60 ms of delay the kiosk is not told."""
+
+ROOM_RESPONSES = {"small": (3, 0.2), "reverberant": (5, 0.5)}
+"""Two more rooms for the ``room:`` device's ``rir=``: (seed, RT60 s)."""
+
+
+def issue_16_rooms(directory: Path, rate: int = 16000) -> dict[str, str]:
+    """The three rooms of issue 16's acceptance as ``room:`` specs: the device's synthetic
+    room, and a small dry and a reverberant one whose impulse responses are written as WAVs
+    in ``directory``."""
+    from kioskvoice.wavio import write_wav
+
+    rooms = {"synthetic": ISSUE_16_ROOM}
+    for name, (seed, rt60) in ROOM_RESPONSES.items():
+        response = room_impulse_response(rate, rt60_s=rt60, rng=np.random.default_rng(seed))
+        path = directory / f"{name}.wav"
+        pcm = (response / np.abs(response).max() * 29000).astype(np.int16)
+        write_wav(path, pcm.tobytes(), rate)
+        rooms[name] = f"{ISSUE_16_ROOM},rir={path}"
+    return rooms

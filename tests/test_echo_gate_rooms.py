@@ -17,9 +17,8 @@ from kioskvoice.audio.room import RoomDevice
 from kioskvoice.dsp import speex
 from kioskvoice.dsp.chain import CaptureChain, DspOptions
 from kioskvoice.dsp.gate import VISITOR
-from kioskvoice.dsp.room import room_impulse_response
 from kioskvoice.sim.voice import synthesize
-from kioskvoice.wavio import write_wav
+from scenes import issue_16_rooms
 
 try:
     speex._library()
@@ -28,7 +27,6 @@ except speex.SpeexUnavailable as exc:
 
 RATE = 16000
 BLOCK = RATE // 50
-ROOM = "room:echo_db=-20,distortion=0.3,delay_ms=60"
 REPLY = (
     "The museum opens at ten in the morning and closes at six in the evening, every day "
     "except Monday. The cafe on the ground floor opens half an hour earlier. Tickets are sold "
@@ -43,13 +41,7 @@ LEAD = 25  # blocks of silence before the reply, as after the listening beep
 def room(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     """Three rooms: the device's own synthetic one, a dry small room and a reverberant one
     (impulse responses the kiosk is not told, through ``rir=``)."""
-    if request.param == "synthetic":
-        return ROOM
-    seed, rt60 = {"small": (3, 0.2), "reverberant": (5, 0.5)}[request.param]
-    response = room_impulse_response(RATE, rt60_s=rt60, rng=np.random.default_rng(seed))
-    path = tmp_path_factory.mktemp("rir") / f"{request.param}.wav"
-    write_wav(path, (response / np.abs(response).max() * 29000).astype(np.int16).tobytes(), RATE)
-    return f"{ROOM},rir={path}"
+    return issue_16_rooms(tmp_path_factory.mktemp("rir"))[request.param]
 
 
 def verdicts(room: str, reply: np.ndarray, visitor_at: int | None = None) -> tuple[list[int], int]:

@@ -6,8 +6,10 @@ daemon in hands-free mode against the simulator:
 - barge-in latency: the visitor (``visitor_db``) talks over a long reply 3 s in; from their
   speech onset to the speaker's silence on the room's ``out=`` recording, median and p95 over
   N runs (a visitor the gate never finds counts as a miss);
-- self-interruptions per 10 minutes of replies: long replies with nobody talking over them;
-  every barge-in, or extra ``speech_started`` (beyond the question's), counts.
+- self-interruptions per 10 minutes of replies: minute-long replies with nobody talking over
+  them, in turn in the three rooms of the acceptance (tests/scenes.py: the synthetic one, a
+  small dry and a reverberant one); every barge-in, or extra ``speech_started`` (beyond the
+  question's), counts.
 
 Targets (issue 16): p95 <= 500 ms, zero self-interruptions.
 """
@@ -26,7 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 
 from kioskvoice.sim import Simulator
+from scenes import issue_16_rooms
 from test_voice_bargein import LONG, ROOM, converse, recorded, silent_from
+
+MINUTE = " ".join([LONG] * 3)  # about 60 s of reply
 
 
 async def talk_over(tmp: Path, visitor_db: int) -> float | None:
@@ -44,11 +49,12 @@ async def talk_over(tmp: Path, visitor_db: int) -> float | None:
     return None if silent is None else (silent - onset) / rate
 
 
-async def long_reply(tmp: Path) -> tuple[int, float]:
-    """One long reply nobody talks over: (self-interruptions, seconds of reply played)."""
+async def long_reply(tmp: Path, room: str) -> tuple[int, float]:
+    """One minute-long reply in ``room`` nobody talks over: (self-interruptions, seconds of
+    reply played)."""
     async with Simulator() as sim:
-        sim.reply_more = LONG
-        _kiosk, log, out, _ = await converse(tmp, sim, ROOM, None)
+        sim.reply_more = MINUTE
+        _kiosk, log, out, _ = await converse(tmp, sim, room, None)
         started = len(sim.sessions[0].sent_of_type("input_audio_buffer.speech_started"))
     played, rate = recorded(out)
     # A barge-in on the server's speech_started is one interruption, not two.
@@ -79,10 +85,18 @@ async def main(runs: int, replies: int, visitor_db: int) -> None:
     else:
         print(f"voice barge-in latency: the visitor was never found ({misses} runs)")
     total_self, total_s = 0, 0.0
-    for _ in range(replies):
-        with tempfile.TemporaryDirectory() as tmp:
-            count, seconds = await long_reply(Path(tmp))
-        total_self, total_s = total_self + count, total_s + seconds
+    with tempfile.TemporaryDirectory() as rirs:
+        rooms = list(issue_16_rooms(Path(rirs)).items())
+        for i in range(replies):
+            name, room = rooms[i % len(rooms)]
+            with tempfile.TemporaryDirectory() as tmp:
+                count, seconds = await long_reply(Path(tmp), room)
+            print(
+                f"  reply {i + 1}/{replies} ({name} room): {count} self-interruptions in "
+                f"{seconds:.0f} s",
+                flush=True,
+            )
+            total_self, total_s = total_self + count, total_s + seconds
     per_10min = total_self * 600 / total_s if total_s else float("nan")
     print(
         f"self-interruptions: {total_self} in {total_s:.0f} s of replies = {per_10min:.1f} "
