@@ -203,7 +203,7 @@ def test_the_gate_holds_echo_and_finds_a_louder_voice() -> None:
     assert gate.judge(ref, echo, out(300)) == ECHO
 
 
-def test_voice_barge_in_is_hands_free_only_with_the_dsp_and_on_unless_refused() -> None:
+def test_voice_barge_in_is_off_unless_asked_and_needs_the_dsp() -> None:
     from types import SimpleNamespace
 
     from kioskvoice.app import voice_barge_in
@@ -213,8 +213,8 @@ def test_voice_barge_in_is_hands_free_only_with_the_dsp_and_on_unless_refused() 
         return SimpleNamespace(interaction=interaction, dsp=SimpleNamespace(enabled=dsp))
 
     assert voice_barge_in(settings("push_to_talk", True))  # type: ignore[arg-type]
-    assert not voice_barge_in(settings("push_to_talk", None))  # type: ignore[arg-type]
     assert voice_barge_in(settings("hands_free", True))  # type: ignore[arg-type]
-    assert voice_barge_in(settings("hands_free", None))  # type: ignore[arg-type]
-    assert not voice_barge_in(settings("hands_free", False))  # type: ignore[arg-type]
+    for mode in ("push_to_talk", "hands_free"):
+        assert not voice_barge_in(settings(mode, None))  # type: ignore[arg-type]
+        assert not voice_barge_in(settings(mode, False))  # type: ignore[arg-type]
     assert not voice_barge_in(settings("hands_free", True, dsp=False))  # type: ignore[arg-type]
