@@ -21,7 +21,7 @@ help:
 	@echo "make fuzz   - the property-based fuzz tests, for longer"
 	@echo "make hw-test - hardware tests on a kiosk (every test skips off-device, saying why)"
 	@echo "make image-check - install and run a turn in arm64 and armhf Debian roots under emulation"
-	@echo "                   (about 20 minutes each, root; IMAGE_ARCH=armhf for one of them)"
+	@echo "                   (under 20 minutes each from cold, 5-6 warm; root; IMAGE_ARCH=armhf for one)"
 	@echo "make image-lock  - refresh the hash-locked Python layer of the image (image/lock/)"
 
 # Install only the Debian packages that are missing; apt-get update only when something is.
