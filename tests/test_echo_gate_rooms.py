@@ -50,7 +50,13 @@ def verdicts(room: str, reply: np.ndarray, visitor_at: int | None = None) -> tup
     block where the visitor's speech starts (or -1)."""
     device = RoomDevice(room, rate=RATE, channels=1, frame_ms=20)
     chain = CaptureChain(
-        rate=RATE, channels=1, channel=0, frame_ms=20, options=DspOptions(), out_rate=RATE
+        rate=RATE,
+        channels=1,
+        channel=0,
+        frame_ms=20,
+        options=DspOptions(),
+        out_rate=RATE,
+        talk_over=True,
     )
     voice = np.frombuffer(synthesize(TALK_OVER, RATE), np.int16)
     onset = -1

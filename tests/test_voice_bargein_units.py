@@ -218,3 +218,24 @@ def test_voice_barge_in_is_off_unless_asked_and_needs_the_dsp() -> None:
         assert not voice_barge_in(settings(mode, None))  # type: ignore[arg-type]
         assert not voice_barge_in(settings(mode, False))  # type: ignore[arg-type]
     assert not voice_barge_in(settings("hands_free", True, dsp=False))  # type: ignore[arg-type]
+
+
+def test_the_chain_judges_talk_over_only_when_asked() -> None:
+    from kioskvoice.dsp.chain import CaptureChain, DspOptions
+
+    def chain(talk_over: bool) -> CaptureChain:
+        return CaptureChain(
+            rate=16000, channels=1, channel=0, options=DspOptions(), talk_over=talk_over
+        )
+
+    plain, judged = chain(False), chain(True)
+    try:
+        assert plain.gate is None and judged.gate is not None
+        loud = (np.random.default_rng(2).normal(0, 3000, 320)).astype(np.int16).tobytes()
+        for c in (plain, judged):
+            c.far_end(loud)
+            c.process(loud)
+        assert plain.verdict == CLEAR and judged.verdict == ECHO
+    finally:
+        plain.close()
+        judged.close()

@@ -161,7 +161,7 @@ class App:
             player = self._player = self.feedback.player = Player(
                 audio.output_rate, audio.output_block_samples
             )
-            chain = _capture_chain(settings, audio.output_rate)
+            chain = _capture_chain(settings, audio.output_rate, talk_over=self.voice_barge_in)
             chain.on_delay = lambda delay_ms, confidence: self._call_threadsafe(
                 _log_delay, delay_ms, confidence
             )
@@ -321,7 +321,7 @@ def voice_barge_in(settings: Settings) -> bool:
     return bool(settings.interaction.voice_barge_in) and settings.dsp.enabled
 
 
-def _capture_chain(settings: Settings, out_rate: int) -> CaptureChain:
+def _capture_chain(settings: Settings, out_rate: int, *, talk_over: bool) -> CaptureChain:
     a = settings.audio
     return CaptureChain(
         rate=a.sample_rate,
@@ -330,6 +330,7 @@ def _capture_chain(settings: Settings, out_rate: int) -> CaptureChain:
         frame_ms=a.frame_ms,
         options=DspOptions(**settings.dsp.model_dump()) if settings.dsp.enabled else None,
         out_rate=out_rate,
+        talk_over=talk_over,
     )
 
 

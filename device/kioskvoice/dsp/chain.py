@@ -205,7 +205,8 @@ class CaptureChain:
     ``channel`` is one channel index or a sequence of channels to average. ``frame_ms`` is the
     DSP block (blocks of any other length are re-blocked). ``options=None`` (or
     ``enabled=False``) means channel pick and resampling only. ``out_rate`` is the rate of the
-    blocks given to :meth:`far_end` (the speaker's; default ``rate``).
+    blocks given to :meth:`far_end` (the speaker's; default ``rate``). ``talk_over``: judge
+    every block with the double-talk gate (:attr:`verdict`), for voice barge-in.
 
     Threads: :meth:`process` from the capture thread only, :meth:`far_end` from the playback
     thread only (the two may be the same thread).
@@ -220,6 +221,7 @@ class CaptureChain:
         frame_ms: int = 20,
         options: DspOptions | None = None,
         out_rate: int | None = None,
+        talk_over: bool = False,
     ) -> None:
         if frame_ms not in (10, 20):
             raise ValueError(f"frame_ms must be 10 or 20, got {frame_ms}")
@@ -246,7 +248,9 @@ class CaptureChain:
         """Live echo figures over far-end-only blocks (its ``tally`` may be read from any
         thread); nothing is counted when the DSP is off."""
         self.gate: EchoGate | None = None
-        """The double-talk gate's judge (None when the DSP is off: everything is CLEAR)."""
+        """The double-talk gate's judge, only with ``talk_over`` (voice barge-in) and the DSP:
+        its two FFTs a block are wasted on a kiosk whose mic is closed while it speaks. None:
+        every verdict is CLEAR."""
         self.verdict = CLEAR
         """The gate's verdict on the last block (see :mod:`kioskvoice.dsp.gate`)."""
         self._dsp = self.options.enabled
@@ -273,7 +277,8 @@ class CaptureChain:
             else None
         )
         self._tail = rate * o.tail // 1000
-        self.gate = EchoGate(self._echo_blocks(), rate=rate)
+        if talk_over:
+            self.gate = EchoGate(self._echo_blocks(), rate=rate)
         self._echo = EchoCanceller(self.frame, self._tail, rate)
         self._pre = Preprocessor(
             self.frame,
@@ -345,8 +350,8 @@ class CaptureChain:
         ref = fifo.read(self.frame)
         if fifo.jump:
             self._echo.reset()  # the reference moved under the filter: start afresh
-            assert self.gate is not None
-            self.gate.reset()
+            if self.gate is not None:
+                self.gate.reset()
             if self._estimator is not None:
                 self._estimator.clear()
         if self._estimator is not None:
@@ -355,8 +360,8 @@ class CaptureChain:
                 self._realign(estimate)
         out = self._pre.run(self._echo.cancel_into(mono, ref))
         self.echo.add(mono, ref, out, self._pre.speech_probability)
-        assert self.gate is not None
-        self.verdict = self.gate.judge(ref, mono, out)
+        if self.gate is not None:
+            self.verdict = self.gate.judge(ref, mono, out)
         if self._gain is not None:
             out = self._gain.process(out, ref)
         return out
@@ -375,8 +380,7 @@ class CaptureChain:
         total = fifo.delay + estimate.lag
         found = self.delay_ms is None
         self.delay_ms = total * 1000 / self.rate
-        if found:
-            assert self.gate is not None
+        if found and self.gate is not None:
             self.gate.resize(self._echo_blocks())  # the reference is aligned from now on
         wanted = max(0, total - self._guard)
         # Moving the reference costs the adapted filter (it is reset), so the reference only
@@ -386,8 +390,8 @@ class CaptureChain:
         if wanted != fifo.delay and not early <= estimate.lag <= late:
             fifo.set_delay(wanted)
             self._echo.reset()
-            assert self.gate is not None
-            self.gate.reset()  # the filter starts afresh: so does what the gate expects of it
+            if self.gate is not None:
+                self.gate.reset()  # the filter starts afresh: so does what the gate expects of it
             assert self._estimator is not None
             self._estimator.clear()
             self.realigns += 1
