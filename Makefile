@@ -80,7 +80,7 @@ bench: venv
 	$(BIN)/python tests/bench/bench_panel.py --runs 50
 	$(BIN)/python tests/bench/bench_broker.py --requests 1000
 	$(BIN)/python tests/bench/bench_startup.py --runs 20 --turns 10
-	$(BIN)/python tests/bench/bench_bargein.py --runs 20 --replies 10
+	$(BIN)/python tests/bench/bench_bargein.py --runs 20 --cold-runs 10 --replies 10
 	$(BIN)/python tests/bench/bench_link.py --drops 20 --soak-s $(SOAK_S)
 
 # Not part of make test: it takes minutes, needs root, Debian's archive and PyPI (see

@@ -100,5 +100,6 @@ def test_a_visitor_ten_db_under_the_echo_is_found(room: str, seconds_in: float) 
     assert after, "the visitor was never found"
     latency_ms = (after[0] + 1 - onset) * 20
     print(f"visitor at -30 dBFS found {latency_ms} ms after their onset")
-    # Measured 300-1900 ms (median ~500): issue 16's 500 ms is not met for every room yet.
-    assert latency_ms <= 2500
+    # Measured 80-160 ms. Issue 16 asks for the speaker's silence within 500 ms; the flush
+    # after the verdict takes a block or two more.
+    assert latency_ms <= 400

@@ -358,10 +358,11 @@ class CaptureChain:
             estimate = self._estimator.push(mono, ref)
             if estimate is not None:
                 self._realign(estimate)
-        out = self._pre.run(self._echo.cancel_into(mono, ref))
+        cancelled = self._echo.cancel_into(mono, ref)  # the preprocessor leaves it as it is
+        out = self._pre.run(cancelled)
         self.echo.add(mono, ref, out, self._pre.speech_probability)
         if self.gate is not None:
-            self.verdict = self.gate.judge(ref, mono, out)
+            self.verdict = self.gate.judge(ref, bytes(cancelled), out)
         if self._gain is not None:
             out = self._gain.process(out, ref)
         return out
