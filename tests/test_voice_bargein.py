@@ -85,11 +85,13 @@ async def converse(
     mode: str = "hands_free",
     voice_barge_in: bool | None = True,
     warm_up: str | None = None,
+    state_dir: Path | None = None,
 ):
     """A conversation in ``room``: the visitor asks (hands-free: after a press; push-to-talk:
     holding the button), the kiosk answers at length, and (``talk_over_at`` s into the reply)
     the visitor talks over it. ``warm_up`` (hands-free): the kiosk has answered once before,
-    with that text, as a kiosk in service always has but for its first reply after a start."""
+    with that text, as a kiosk in service always has but for its first reply after a start.
+    ``state_dir``: the daemon's state directory (what it remembers across restarts)."""
     out = tmp_path / "speaker.wav"
     spec = f"{room},out={out}"
     question, _ = say_file(tmp_path / "question.wav", QUESTION)
@@ -101,6 +103,7 @@ async def converse(
         sim,
         tmp_path,
         question,
+        state_dir=state_dir,
         audio={"input_device": spec, "output_device": spec},
         interaction=interaction,
     )

@@ -164,9 +164,12 @@ def _find(haystack: bytes, needle: bytes) -> int:
     return start
 
 
-async def start(sim, tmp_path: Path, input_wav: Path, **sections: dict[str, Any]) -> Kiosk:
+async def start(
+    sim, tmp_path: Path, input_wav: Path, *, state_dir: Path | None = None, **sections: Any
+) -> Kiosk:
     """``kioskvoice run`` on ``sim`` with a config file: the devices and socket below plus
-    ``sections`` (``audio={"max_turn_s": 4}``, ``tools=[{...}]``); ready and watched."""
+    ``sections`` (``audio={"max_turn_s": 4}``, ``tools=[{...}]``); ready and watched.
+    ``state_dir``: the service's state directory (``$STATE_DIRECTORY``; None: none)."""
     sock = tmp_path / "control.sock"
     out = tmp_path / "out.wav"
     config: dict[str, Any] = {
@@ -180,6 +183,9 @@ async def start(sim, tmp_path: Path, input_wav: Path, **sections: dict[str, Any]
     toml.write_text(_toml(config))
     environ = {k: v for k, v in os.environ.items() if not k.startswith("KIOSKVOICE_")}
     environ["GPIOZERO_PIN_FACTORY"] = "mock"
+    environ.pop("STATE_DIRECTORY", None)
+    if state_dir is not None:
+        environ["STATE_DIRECTORY"] = str(state_dir)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "kioskvoice", "run", "--config", str(toml),
         env=environ, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

@@ -22,6 +22,7 @@ from .audio.resilient import ResilientAudio, room_of
 from .audio.streams import FrameQueue
 from .config import Settings
 from .dsp.chain import CaptureChain, DspOptions
+from .echo_memory import EchoDelayMemory
 from .echo_report import EchoReport
 from .errors import AudioDeviceError
 from .events import (
@@ -161,9 +162,36 @@ class App:
             player = self._player = self.feedback.player = Player(
                 audio.output_rate, audio.output_block_samples
             )
-            chain = _capture_chain(settings, audio.output_rate, talk_over=self.voice_barge_in)
+            memory = EchoDelayMemory.from_environment(
+                {
+                    "input_device": a.input_device,
+                    "output_device": a.output_device,
+                    "sample_rate": a.sample_rate,
+                    "output_rate": audio.output_rate,
+                    "frame_ms": a.frame_ms,
+                }
+            )
+            auto = settings.dsp.enabled and settings.dsp.reference_delay_ms == "auto"
+            hint = memory.load(settings.dsp.max_delay_ms) if auto else None
+            chain = _capture_chain(
+                settings, audio.output_rate, talk_over=self.voice_barge_in, delay_hint_ms=hint
+            )
+            if hint is not None:
+                log_event(
+                    log,
+                    logging.INFO,
+                    "dsp_delay",
+                    f"echo reference aligned at {hint:.1f} ms, as found in the last run",
+                    delay_ms=hint,
+                    remembered=True,
+                )
+
+            def delay_found(delay_ms: float, confidence: float) -> None:  # the loop's thread
+                _log_delay(delay_ms, confidence)
+                loop.run_in_executor(None, memory.save, delay_ms)
+
             chain.on_delay = lambda delay_ms, confidence: self._call_threadsafe(
-                _log_delay, delay_ms, confidence
+                delay_found, delay_ms, confidence
             )
             echo_tally = chain.echo
             self.echo = EchoReport(lambda: echo_tally.tally, a.sample_rate)
@@ -321,7 +349,9 @@ def voice_barge_in(settings: Settings) -> bool:
     return bool(settings.interaction.voice_barge_in) and settings.dsp.enabled
 
 
-def _capture_chain(settings: Settings, out_rate: int, *, talk_over: bool) -> CaptureChain:
+def _capture_chain(
+    settings: Settings, out_rate: int, *, talk_over: bool, delay_hint_ms: float | None = None
+) -> CaptureChain:
     a = settings.audio
     return CaptureChain(
         rate=a.sample_rate,
@@ -331,6 +361,7 @@ def _capture_chain(settings: Settings, out_rate: int, *, talk_over: bool) -> Cap
         options=DspOptions(**settings.dsp.model_dump()) if settings.dsp.enabled else None,
         out_rate=out_rate,
         talk_over=talk_over,
+        delay_hint_ms=delay_hint_ms,
     )
 
 

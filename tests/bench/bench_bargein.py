@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -36,13 +37,20 @@ from test_voice_bargein import LONG, ROOM, WARM_UP, converse, recorded, silent_f
 MINUTE = " ".join([LONG] * 3)  # about 60 s of reply
 
 
-async def talk_over(tmp: Path, visitor_db: int, warm: bool) -> float | None:
+async def talk_over(
+    tmp: Path, visitor_db: int, warm: bool, state: Path | None = None
+) -> float | None:
     """One talk-over; the latency in seconds, or None when the visitor was not found."""
     async with Simulator() as sim:
         sim.reply_more = LONG
         try:
             _kiosk, _log, out, onset = await converse(
-                tmp, sim, f"{ROOM},visitor_db={visitor_db}", 3.0, warm_up=WARM_UP if warm else None
+                tmp,
+                sim,
+                f"{ROOM},visitor_db={visitor_db}",
+                3.0,
+                warm_up=WARM_UP if warm else None,
+                state_dir=state,
             )
         except TimeoutError:
             return None
@@ -64,13 +72,29 @@ async def long_reply(tmp: Path, room: str) -> tuple[int, float]:
     return interruptions, float(np.count_nonzero(played)) / rate
 
 
-async def latencies(runs: int, visitor_db: int, warm: bool) -> None:
-    what = "in service" if warm else "in the first reply after a start"
+async def latencies(runs: int, visitor_db: int, warm: bool, restart: bool = False) -> None:
+    """``warm``: the kiosk has answered once; else the talk-over is in its first reply after a
+    start: a fresh install's, or (``restart``) one that remembers the echo delay of its last
+    run (the first of the runs only makes the memory)."""
+    what = (
+        "in service"
+        if warm
+        else "in the first reply after a restart"
+        if restart
+        else "in the first reply of a fresh install"
+    )
     found: list[float] = []
     misses = 0
+    kept = tempfile.TemporaryDirectory()  # the same devices (out= path) and state each run
+    state = Path(kept.name) / "state"
+    state.mkdir()
+    if restart:
+        with contextlib.suppress(TimeoutError):
+            await talk_over(Path(kept.name), visitor_db, warm, state)
     for i in range(runs):
         with tempfile.TemporaryDirectory() as tmp:
-            latency = await talk_over(Path(tmp), visitor_db, warm)
+            where = Path(kept.name) if restart else Path(tmp)
+            latency = await talk_over(where, visitor_db, warm, state if restart else None)
         if latency is None:
             misses += 1
         else:
@@ -87,11 +111,13 @@ async def latencies(runs: int, visitor_db: int, warm: bool) -> None:
         )
     elif runs:
         print(f"voice barge-in latency {what}: the visitor was never found ({misses} runs)")
+    kept.cleanup()
 
 
 async def main(runs: int, cold_runs: int, replies: int, visitor_db: int) -> None:
     await latencies(runs, visitor_db, warm=True)
     await latencies(cold_runs, visitor_db, warm=False)
+    await latencies(cold_runs, visitor_db, warm=False, restart=True)
     total_self, total_s = 0, 0.0
     with tempfile.TemporaryDirectory() as rirs:
         rooms = list(issue_16_rooms(Path(rirs)).items())

@@ -207,6 +207,9 @@ class CaptureChain:
     ``enabled=False``) means channel pick and resampling only. ``out_rate`` is the rate of the
     blocks given to :meth:`far_end` (the speaker's; default ``rate``). ``talk_over``: judge
     every block with the double-talk gate (:attr:`verdict`), for voice barge-in.
+    ``delay_hint_ms``: with ``reference_delay_ms="auto"``, the delay found before (e.g. in the
+    last run, :mod:`kioskvoice.echo_memory`): the chain starts aligned there, and moves only
+    if the kiosk's replies show it is wrong (ignored outside 0..``max_delay_ms``).
 
     Threads: :meth:`process` from the capture thread only, :meth:`far_end` from the playback
     thread only (the two may be the same thread).
@@ -222,6 +225,7 @@ class CaptureChain:
         options: DspOptions | None = None,
         out_rate: int | None = None,
         talk_over: bool = False,
+        delay_hint_ms: float | None = None,
     ) -> None:
         if frame_ms not in (10, 20):
             raise ValueError(f"frame_ms must be 10 or 20, got {frame_ms}")
@@ -268,11 +272,20 @@ class CaptureChain:
         if o.reference_delay_ms != "auto":
             self.delay_ms = float(o.reference_delay_ms)
             delay = max(0, rate * o.reference_delay_ms // 1000 - self._guard)
+        elif delay_hint_ms is not None and 0.0 <= delay_hint_ms <= o.max_delay_ms:
+            self.delay_ms = float(delay_hint_ms)
+            delay = max(0, round(rate * delay_hint_ms / 1000) - self._guard)
         self._fifo = ReferenceFifo.for_blocks(
             rate, frame_ms, delay=delay, max_delay_ms=o.max_delay_ms
         )
+        # A delay hint may be too long for new hardware: the echo would then come *before* the
+        # reference, so the search reaches back as far as the hint went.
         self._estimator = (
-            DelayEstimator(rate, max_delay_ms=o.max_delay_ms)
+            DelayEstimator(
+                rate,
+                max_delay_ms=o.max_delay_ms,
+                min_lag_ms=max(100, round(delay * 1000 / rate) + GUARD_MS),
+            )
             if o.reference_delay_ms == "auto"
             else None
         )
