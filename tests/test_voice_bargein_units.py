@@ -201,10 +201,29 @@ def test_the_gate_holds_echo_and_finds_a_louder_voice() -> None:
     # than usual: not a voice (a voice stands out in both).
     burst = [gate.judge(ref, noise(300), noise(300)) for _ in range(10)]
     assert VISITOR not in burst
-    talk = [gate.judge(ref, noise(3000), noise(300)) for _ in range(10)]
+    talk = [gate.judge(ref, noise(3000), noise(3000)) for _ in range(10)]
     assert VISITOR in talk and talk.index(VISITOR) <= 7
     gate.reset()  # the filter starts afresh: an unconverged canceller never opens the gate
     assert gate.judge(ref, noise(3000), noise(300)) == ECHO
+
+
+def test_the_gate_forgets_what_an_unconverged_filter_left() -> None:
+    """A fresh echo filter passes the echo almost whole for a second or two; once it has
+    converged, a visitor 10 dB under what it left then must stand out within a few seconds
+    (a running tracker that fell 0.1 dB a block kept them hidden for many)."""
+    rng = np.random.default_rng(3)
+    gate = EchoGate(echo_blocks=5)
+    ref = (rng.normal(0, 3000, 320)).astype(np.int16).tobytes()
+
+    def noise(rms: float) -> bytes:
+        return (rng.normal(0, rms, 320)).astype(np.int16).tobytes()
+
+    for _ in range(100):  # converging: most of the echo left in both signals
+        gate.judge(ref, noise(2000), noise(1000))
+    for _ in range(150):  # converged (3 s): -20 dB after the canceller, -40 after the chain
+        gate.judge(ref, noise(300), noise(30))
+    talk = [gate.judge(ref, noise(1000), noise(300)) for _ in range(10)]
+    assert VISITOR in talk
 
 
 def test_voice_barge_in_is_on_in_hands_free_unless_refused_and_needs_the_dsp() -> None:
