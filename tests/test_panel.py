@@ -377,8 +377,12 @@ async def test_hands_free_holds_two_turns_with_server_vad(tmp_path, speech_pcm, 
     speech = tmp_path / "pauses.wav"  # a question, then 1.5 s of quiet, looped by wav:
     write_wav(speech, speech_pcm + bytes(2 * 16000 * 3 // 2), 16000)
     async with Simulator(api_key=TEST_KEY) as sim:
+        # The looped visitor talks on through every reply: with voice barge-in (on by default
+        # in hands-free) each of their questions would interrupt the last answer.
         settings = with_interaction(
-            kiosk_settings(sim.url, speech, tmp_path, api_key=TEST_KEY), mode="hands_free"
+            kiosk_settings(sim.url, speech, tmp_path, api_key=TEST_KEY),
+            mode="hands_free",
+            voice_barge_in=False,
         )
         app = App(settings, pin_factory=factory)
         async with Running(app) as k:

@@ -178,8 +178,8 @@ class InteractionSettings(_Section):
     the visitor's voice while the kiosk thinks and speaks, and their first words silence the
     reply. Hands-free: the conversation's turn goes on, ended by the server's VAD. Push-to-talk:
     their voice opens a turn, which ends when they fall quiet (0.8 s), on a press and release,
-    or at ``max_turn_s``. Needs ``[dsp] enabled``. Off unless set: with a speaker that
-    distorts, the gate still interrupts the kiosk now and then (``make bench``)."""
+    or at ``max_turn_s``. Needs ``[dsp] enabled``. Unset: on in hands-free, off in
+    push-to-talk."""
     min_turn_ms: Annotated[int, Field(ge=100, le=5000)] = 250
     """A press shorter than this is a tap: nothing is sent (the server rejects < 100 ms)."""
     preroll_ms: Annotated[int, Field(ge=0, le=1000)] = 300
