@@ -91,7 +91,10 @@ def _mask(text: str, secrets: set[str]) -> str:
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
-        if name.upper().startswith("KIOSKVOICE_") or name == "CREDENTIALS_DIRECTORY":
+        if name.upper().startswith("KIOSKVOICE_") or name in (
+            "CREDENTIALS_DIRECTORY",
+            "STATE_DIRECTORY",  # the daemon's memory (echo.json) must not leak between tests
+        ):
             monkeypatch.delenv(name)
 
 

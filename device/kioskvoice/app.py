@@ -145,6 +145,12 @@ class App:
                 "interaction.long_press_s is ignored: a long press is a long question; "
                 "use gpio.reset_button_pin or 'kioskvoice ctl reset' for a new visitor"
             )
+        wanted = settings.interaction.voice_barge_in
+        if self.voice_barge_in:
+            how = "set" if wanted else "the hands-free default"
+            log.info("voice barge-in on (%s): the visitor may talk over the kiosk", how)
+        elif settings.interaction.mode == "hands_free" and wanted is None:
+            log.info("voice barge-in off: it needs dsp.enabled")
         if settings.interaction.voice_barge_in and not settings.dsp.enabled:
             log.warning(
                 "interaction.voice_barge_in is off: it needs dsp.enabled (without the echo "

@@ -253,8 +253,8 @@ class CaptureChain:
         thread); nothing is counted when the DSP is off."""
         self.gate: EchoGate | None = None
         """The double-talk gate's judge, only with ``talk_over`` (voice barge-in) and the DSP:
-        its two FFTs a block are wasted on a kiosk whose mic is closed while it speaks. None:
-        every verdict is CLEAR."""
+        its FFTs and quantiles each block are wasted on a kiosk whose mic is closed while it
+        speaks. None: every verdict is CLEAR."""
         self.verdict = CLEAR
         """The gate's verdict on the last block (see :mod:`kioskvoice.dsp.gate`)."""
         self._dsp = self.options.enabled
