@@ -299,3 +299,23 @@ async def test_push_to_talk_by_default_plays_on_over_a_voice(tmp_path: Path) -> 
     assert [d["response"]["status"] for d in done] == ["completed"], log
     assert not truncates and "barge_in" not in log
     assert out.exists()
+
+
+@pytest.mark.parametrize("wanted", [True, None])
+async def test_without_the_dsp_the_kiosk_says_voice_barge_in_is_off(
+    tmp_path: Path, wanted: bool | None
+) -> None:
+    """No echo canceller, no gate: the mic stays closed while the kiosk speaks, and the
+    journal says why (a warning when it was asked for)."""
+    question, _ = say_file(tmp_path / "question.wav", QUESTION)
+    interaction: dict[str, object] = {"mode": "hands_free"}
+    if wanted is not None:
+        interaction["voice_barge_in"] = wanted
+    async with Simulator() as sim:
+        kiosk = await start(
+            sim, tmp_path, question, dsp={"enabled": False}, interaction=interaction
+        )
+        log = await kiosk.stop()
+    line = next(x for x in log.splitlines() if "voice_barge_in is off" in x)
+    assert line.startswith("warning" if wanted else "info"), line
+    assert "voice barge-in on" not in log

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from kioskvoice.dsp.gate import CLEAR, ECHO, VISITOR, EchoGate
@@ -30,13 +32,19 @@ from kioskvoice.kiosk import Kiosk
 from kioskvoice.turn_audio import VOICE_END_S, GatedStream, TurnAudio
 
 
-def speaking(voice: bool) -> Kiosk:
-    kiosk = Kiosk(hands_free=True, voice_barge_in=voice)
+def speaking(voice: bool, *, hands_free: bool = True) -> Kiosk:
+    """A kiosk speaking its first reply, the visitor's turn ended by the server's VAD
+    (hands-free) or by a release (push-to-talk)."""
+    kiosk = Kiosk(hands_free=hands_free, voice_barge_in=voice)
     kiosk.handle(LinkUp("s"), 0.0)
     kiosk.handle(Press(), 1.0)
-    stopped = kiosk.handle(SpeechStopped(), 3.0)
-    # With voice barge-in the mic stays open while the kiosk thinks and speaks.
-    assert (CloseMic() in stopped) is not voice
+    if hands_free:
+        stopped = kiosk.handle(SpeechStopped(), 3.0)
+        # With voice barge-in the mic stays open while the kiosk thinks and speaks.
+        assert (CloseMic() in stopped) is not voice
+    else:
+        kiosk.handle(VoiceHeard(), 1.2)
+        assert CommitTurn() in kiosk.handle(Release(), 3.0)
     kiosk.handle(ResponseStarted("r1"), 3.1)
     kiosk.handle(ReplyAudio("r1", "i1", b"\0\0"), 3.2)
     assert kiosk.state is State.SPEAKING
@@ -69,20 +77,8 @@ def test_without_voice_barge_in_talk_over_is_ignored() -> None:
     assert kiosk.handle(Tick(playback_idle=True), 5.0)[-1] == OpenMic()
 
 
-def speaking_push_to_talk(voice: bool) -> Kiosk:
-    kiosk = Kiosk(voice_barge_in=voice)
-    kiosk.handle(LinkUp("s"), 0.0)
-    kiosk.handle(Press(), 1.0)
-    kiosk.handle(VoiceHeard(), 1.2)
-    assert CommitTurn() in kiosk.handle(Release(), 3.0)
-    kiosk.handle(ResponseStarted("r1"), 3.1)
-    kiosk.handle(ReplyAudio("r1", "i1", b"\0\0"), 3.2)
-    assert kiosk.state is State.SPEAKING
-    return kiosk
-
-
 def test_push_to_talk_talking_over_the_reply_opens_a_turn_that_ends_when_they_fall_quiet() -> None:
-    kiosk = speaking_push_to_talk(voice=True)
+    kiosk = speaking(voice=True, hands_free=False)
     actions = kiosk.handle(TalkOver(), 4.0)
     assert actions == [
         Interrupt("r1", "i1", cancel=True, clear=True, by_voice=True),
@@ -96,7 +92,7 @@ def test_push_to_talk_talking_over_the_reply_opens_a_turn_that_ends_when_they_fa
 
 
 def test_push_to_talk_ignores_talk_over_unless_asked_and_while_idle() -> None:
-    assert speaking_push_to_talk(voice=False).handle(TalkOver(), 4.0) == []
+    assert speaking(voice=False, hands_free=False).handle(TalkOver(), 4.0) == []
     kiosk = Kiosk(voice_barge_in=True)
     kiosk.handle(LinkUp("s"), 0.0)
     assert kiosk.handle(TalkOver(), 1.0) == []
@@ -184,13 +180,16 @@ def test_the_gated_stream_sends_silence_for_echo_and_the_onset_for_a_visitor() -
     assert [p for p, _ in stream.push(frames[7], level(CLEAR))] == [bytes(4), frames[7]]
 
 
-def test_the_gate_holds_echo_and_finds_a_louder_voice() -> None:
-    rng = np.random.default_rng(1)
-    gate = EchoGate(echo_blocks=5)
-    ref = (rng.normal(0, 3000, 320)).astype(np.int16).tobytes()
+def noise_of(seed: int) -> Callable[[float], bytes]:
+    """Blocks of white noise at a given RMS (one 20 ms block at 16 kHz each), seeded."""
+    rng = np.random.default_rng(seed)
+    return lambda rms: rng.normal(0, rms, 320).astype(np.int16).tobytes()
 
-    def noise(rms: float) -> bytes:
-        return (rng.normal(0, rms, 320)).astype(np.int16).tobytes()
+
+def test_the_gate_holds_echo_and_finds_a_louder_voice() -> None:
+    noise = noise_of(1)
+    gate = EchoGate(echo_blocks=5)
+    ref = noise(3000)
 
     silence = bytes(640)
     assert gate.judge(silence, noise(100), noise(100)) == CLEAR  # nothing played: nothing held
@@ -211,12 +210,9 @@ def test_the_gate_forgets_what_an_unconverged_filter_left() -> None:
     """A fresh echo filter passes the echo almost whole for a second or two; once it has
     converged, a visitor 10 dB under what it left then must stand out within a few seconds
     (a running tracker that fell 0.1 dB a block kept them hidden for many)."""
-    rng = np.random.default_rng(3)
+    noise = noise_of(3)
     gate = EchoGate(echo_blocks=5)
-    ref = (rng.normal(0, 3000, 320)).astype(np.int16).tobytes()
-
-    def noise(rms: float) -> bytes:
-        return (rng.normal(0, rms, 320)).astype(np.int16).tobytes()
+    ref = noise(3000)
 
     for _ in range(100):  # converging: most of the echo left in both signals
         gate.judge(ref, noise(2000), noise(1000))

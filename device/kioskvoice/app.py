@@ -149,12 +149,11 @@ class App:
         if self.voice_barge_in:
             how = "set" if wanted else "the hands-free default"
             log.info("voice barge-in on (%s): the visitor may talk over the kiosk", how)
-        elif settings.interaction.mode == "hands_free" and wanted is None:
-            log.info("voice barge-in off: it needs dsp.enabled")
-        if settings.interaction.voice_barge_in and not settings.dsp.enabled:
-            log.warning(
+        elif wanted or (wanted is None and settings.interaction.mode == "hands_free"):
+            log.log(  # a warning when asked for in so many words
+                logging.WARNING if wanted else logging.INFO,
                 "interaction.voice_barge_in is off: it needs dsp.enabled (without the echo "
-                "canceller the kiosk would take its own voice for a visitor)"
+                "canceller the kiosk would take its own voice for a visitor)",
             )
         audio = ResilientAudio(
             a.input_device,

@@ -21,6 +21,7 @@ the post-chain gain and the resampler.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -269,23 +270,21 @@ class CaptureChain:
             None if self.out_rate == rate else Resampler(self.out_rate, rate, quality="LQ")
         )
         delay = 0
+        reach_back_ms = 100  # how far before the reference ``auto`` looks for the echo
         if o.reference_delay_ms != "auto":
             self.delay_ms = float(o.reference_delay_ms)
             delay = max(0, rate * o.reference_delay_ms // 1000 - self._guard)
         elif delay_hint_ms is not None and 0.0 <= delay_hint_ms <= o.max_delay_ms:
             self.delay_ms = float(delay_hint_ms)
             delay = max(0, round(rate * delay_hint_ms / 1000) - self._guard)
+            # The hint may be too long for new hardware: the echo would then come *before*
+            # the reference, as far back as the hint went.
+            reach_back_ms = max(reach_back_ms, math.ceil(delay_hint_ms))
         self._fifo = ReferenceFifo.for_blocks(
             rate, frame_ms, delay=delay, max_delay_ms=o.max_delay_ms
         )
-        # A delay hint may be too long for new hardware: the echo would then come *before* the
-        # reference, so the search reaches back as far as the hint went.
         self._estimator = (
-            DelayEstimator(
-                rate,
-                max_delay_ms=o.max_delay_ms,
-                min_lag_ms=max(100, round(delay * 1000 / rate) + GUARD_MS),
-            )
+            DelayEstimator(rate, max_delay_ms=o.max_delay_ms, min_lag_ms=reach_back_ms)
             if o.reference_delay_ms == "auto"
             else None
         )
@@ -375,7 +374,7 @@ class CaptureChain:
         out = self._pre.run(cancelled)
         self.echo.add(mono, ref, out, self._pre.speech_probability)
         if self.gate is not None:
-            self.verdict = self.gate.judge(ref, bytes(cancelled), out)
+            self.verdict = self.gate.judge(ref, cancelled, out)
         if self._gain is not None:
             out = self._gain.process(out, ref)
         return out

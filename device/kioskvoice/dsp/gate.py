@@ -168,7 +168,7 @@ class EchoGate:
         """The echo now lasts ``echo_blocks`` (the delay was found or moved)."""
         self._recent = collections.deque(self._recent, maxlen=max(1, echo_blocks))
 
-    def _band_db(self, *blocks: bytes) -> np.ndarray:
+    def _band_db(self, *blocks: bytes | memoryview) -> np.ndarray:
         """Band energies of PCM16 blocks of one length, dB: one row per block."""
         samples = np.frombuffer(b"".join(blocks), dtype=np.int16).astype(np.float32)
         samples = samples.reshape(len(blocks), -1)
@@ -187,9 +187,10 @@ class EchoGate:
         power = spectrum.real**2 + spectrum.imag**2
         return _db(np.add.reduceat(power, edges[:-1], axis=1)[:, : len(edges) - 1])
 
-    def judge(self, ref: bytes, cancelled: bytes, out: bytes) -> int:
-        """One block: ``ref`` the aligned reference, ``cancelled`` the echo canceller's output,
-        ``out`` the chain's output (after the preprocessor), PCM16 mono of one length.
+    def judge(self, ref: bytes, cancelled: bytes | memoryview, out: bytes) -> int:
+        """One block: ``ref`` the aligned reference, ``cancelled`` the echo canceller's output
+        (read during the call only), ``out`` the chain's output (after the preprocessor),
+        PCM16 mono of one length.
         Returns (and keeps in :attr:`verdict`) CLEAR, ECHO or VISITOR."""
         self.score = self.cancelled_score = -np.inf
         far = np.frombuffer(ref, dtype=np.int16).astype(np.float32)
