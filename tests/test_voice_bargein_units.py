@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from kioskvoice.dsp.gate import CLEAR, ECHO, VISITOR, EchoGate
+from kioskvoice.dsp.gate import CLEAR, ECHO, UNSURE, VISITOR, EchoGate
 from kioskvoice.dsp.level import BlockLevel
 from kioskvoice.events import (
     CloseMic,
@@ -180,6 +180,21 @@ def test_the_gated_stream_sends_silence_for_echo_and_the_onset_for_a_visitor() -
     assert [p for p, _ in stream.push(frames[7], level(CLEAR))] == [bytes(4), frames[7]]
 
 
+def test_the_gated_stream_holds_what_it_cannot_judge_only_while_the_kiosk_replies() -> None:
+    """UNSURE (a fresh gate): held like echo while the kiosk speaks (its own voice must not
+    reach the server's VAD); let through while it listens (only its cue sounds play, and the
+    visitor's first words must not be lost)."""
+    frames = [bytes([i + 1]) * 4 for i in range(4)]
+    replying = GatedStream(lookback=3)
+    assert [replying.push(f, level(UNSURE)) for f in frames[:2]] == [[], []]
+    listening = GatedStream(lookback=3)
+    out = listening.push(frames[0], level(UNSURE), listening=True)  # after the listening cue
+    assert out == [(frames[0], level(UNSURE))]
+    # A reply just ended: its echo, held, is never let through by an UNSURE while listening.
+    replying.push(frames[2], level(UNSURE), listening=True)
+    assert [p for p, _ in replying.push(frames[3], level(CLEAR))] == [bytes(4)] * 3 + frames[3:]
+
+
 def noise_of(seed: int) -> Callable[[float], bytes]:
     """Blocks of white noise at a given RMS (one 20 ms block at 16 kHz each), seeded."""
     rng = np.random.default_rng(seed)
@@ -195,7 +210,8 @@ def test_the_gate_holds_echo_and_finds_a_louder_voice() -> None:
     assert gate.judge(silence, noise(100), noise(100)) == CLEAR  # nothing played: nothing held
     # Converged: the canceller leaves -20 dB of the echo, the preprocessor -40 dB.
     verdicts = [gate.judge(ref, noise(300), noise(3)) for _ in range(300)]
-    assert set(verdicts) == {ECHO} and gate.residual_db < -35
+    assert verdicts[:50] == [UNSURE] * 50  # learning what the canceller leaves: a second
+    assert set(verdicts[50:]) == {ECHO} and gate.residual_db < -35
     # A residual burst the preprocessor let through, but the canceller's output holds no more
     # than usual: not a voice (a voice stands out in both).
     burst = [gate.judge(ref, noise(300), noise(300)) for _ in range(10)]
@@ -203,7 +219,7 @@ def test_the_gate_holds_echo_and_finds_a_louder_voice() -> None:
     talk = [gate.judge(ref, noise(3000), noise(3000)) for _ in range(10)]
     assert VISITOR in talk and talk.index(VISITOR) <= 7
     gate.reset()  # the filter starts afresh: an unconverged canceller never opens the gate
-    assert gate.judge(ref, noise(3000), noise(300)) == ECHO
+    assert gate.judge(ref, noise(3000), noise(3000)) == UNSURE  # nor can it tell echo
 
 
 def test_the_gate_forgets_what_an_unconverged_filter_left() -> None:
@@ -255,7 +271,7 @@ def test_the_chain_judges_talk_over_only_when_asked() -> None:
         for c in (plain, judged):
             c.far_end(loud)
             c.process(loud)
-        assert plain.verdict == CLEAR and judged.verdict == ECHO
+        assert plain.verdict == CLEAR and judged.verdict == UNSURE  # fresh: it cannot tell yet
     finally:
         plain.close()
         judged.close()

@@ -221,6 +221,7 @@ class Executor:
 
     def _state_changed(self, old: State, new: State) -> None:
         turn = self._turn
+        turn.listening = new not in (State.THINKING, State.SPEAKING)
         if new not in (State.THINKING, State.SPEAKING):
             self.feedback.stop_thinking()  # (the answer's first audio stops it too)
         if new in (State.OFFLINE, State.ERROR):

@@ -9,6 +9,12 @@ and the chain's output (after the preprocessor's residual echo suppression and d
 - :data:`CLEAR`: the far end has been quiet for longer than the echo lasts: nothing to hold.
 - :data:`ECHO`: the far end plays and the output holds nothing the kiosk's own voice does
   not explain: echo only, to be replaced by silence.
+- :data:`UNSURE`: the far end plays, but the gate has not learnt enough of what the echo
+  filter leaves to tell a visitor from echo (after a start or a reset, see below). While the
+  kiosk replies this is held like echo; while it listens (its cue sounds play) it goes
+  through, as with voice barge-in off, unless the echo of a reply is still held
+  (:class:`~kioskvoice.turn_audio.GatedStream`): a visitor who starts right after the
+  listening beep of a fresh kiosk would otherwise lose their first words.
 - :data:`VISITOR`: somebody talks over the kiosk. Once found, the verdict holds while the
   kiosk is silent (it stops for them) until the echo has died away (:data:`CLEAR`), and while
   it plays on, as long as their voice stands out at least once every ``hangover`` blocks (a
@@ -78,7 +84,7 @@ import math
 
 import numpy as np
 
-CLEAR, ECHO, VISITOR = 0, 1, 2
+CLEAR, ECHO, VISITOR, UNSURE = 0, 1, 2, 3
 """The gate's verdict on one block (plain ints: they cross to the loop in a tuple)."""
 
 FAR_ACTIVE_DBFS = -50.0
@@ -191,7 +197,7 @@ class EchoGate:
         """One block: ``ref`` the aligned reference, ``cancelled`` the echo canceller's output
         (read during the call only), ``out`` the chain's output (after the preprocessor),
         PCM16 mono of one length.
-        Returns (and keeps in :attr:`verdict`) CLEAR, ECHO or VISITOR."""
+        Returns (and keeps in :attr:`verdict`) CLEAR, ECHO, VISITOR or UNSURE."""
         self.score = self.cancelled_score = -np.inf
         far = np.frombuffer(ref, dtype=np.int16).astype(np.float32)
         self._recent.append(float(np.dot(far, far)) / max(1, far.size))
@@ -257,7 +263,7 @@ class EchoGate:
                 np.maximum(learnt, ratio, out=learnt)
             self._learnt += 1
             self._seen[level] = seen + 1
-        self.verdict = VISITOR if self._latched else ECHO
+        self.verdict = VISITOR if self._latched else ECHO if trusted else UNSURE
         return self.verdict
 
     def _track_floor(self, heard_db: np.ndarray) -> None:

@@ -39,8 +39,8 @@ class BlockLevel:
     voiced: bool
     """The Speex preprocessor judged the block to be speech (False without the DSP)."""
     gate: int = 0
-    """The double-talk gate's verdict (:mod:`kioskvoice.dsp.gate`: 0 CLEAR, 1 ECHO, 2 VISITOR;
-    always CLEAR without the DSP)."""
+    """The double-talk gate's verdict (:mod:`kioskvoice.dsp.gate`: 0 CLEAR, 1 ECHO, 2 VISITOR,
+    3 UNSURE; always CLEAR without the DSP)."""
 
 
 def rms_dbfs(pcm: bytes) -> float:
