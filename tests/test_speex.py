@@ -379,3 +379,27 @@ def test_missing_library_raises_speex_unavailable(monkeypatch: pytest.MonkeyPatc
         speex._library.cache_clear()
     assert isinstance(raised.value, RuntimeError)
     assert isinstance(raised.value, KioskError)
+
+
+@pytest.mark.parametrize(("frame_size", "tail_ms"), CONFIGS, ids=CONFIG_IDS)
+def test_the_filter_reads_back_as_the_echo_path(frame_size: int, tail_ms: int) -> None:
+    """What the chain remembers across restarts: the adapted filter, read back as an impulse
+    response, is the room's echo path at its true scale (Speex's floating-point build)."""
+    rng = np.random.default_rng(3)
+    taps = RATE * tail_ms // 1000
+    path = np.zeros(taps)
+    path[40], path[75] = 0.5, -0.2
+    path[41 : taps // 2] += (
+        rng.standard_normal(taps // 2 - 41) * 0.02 * np.exp(-np.arange(taps // 2 - 41) / (taps / 8))
+    )
+    far = (rng.standard_normal(6 * RATE) * 3000.0).astype(np.int16)
+    near = np.clip(np.rint(np.convolve(far, path)[: len(far)]), -32768, 32767).astype(np.int16)
+    with EchoCanceller(frame_size, taps, RATE) as canceller:
+        for i in range(0, len(far) - frame_size + 1, frame_size):
+            canceller.cancel(near[i : i + frame_size].tobytes(), far[i : i + frame_size].tobytes())
+        learnt = canceller.echo_path()
+    assert len(learnt) >= taps
+    learnt = learnt[:taps]
+    error_db = 10 * np.log10(np.sum((learnt - path) ** 2) / np.sum(path**2))
+    assert error_db < -12.0, error_db  # measured -16 to -20 dB; a wrong scale gives about 0
+    assert np.argmax(np.abs(learnt)) == 40

@@ -16,13 +16,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import jobs
 from .audio.player import Player
 from .audio.resilient import ResilientAudio, room_of
 from .audio.streams import FrameQueue
 from .config import Settings
 from .dsp.chain import CaptureChain, DspOptions
-from .echo_memory import EchoDelayMemory
+from .echo_memory import EchoMemory, Remembered
 from .echo_report import EchoReport
 from .errors import AudioDeviceError
 from .events import (
@@ -172,7 +174,7 @@ class App:
             player = self._player = self.feedback.player = Player(
                 audio.output_rate, audio.output_block_samples
             )
-            memory = EchoDelayMemory.from_environment(
+            memory = EchoMemory.from_environment(
                 {
                     "input_device": a.input_device,
                     "output_device": a.output_device,
@@ -182,27 +184,42 @@ class App:
                 }
             )
             auto = settings.dsp.enabled and settings.dsp.reference_delay_ms == "auto"
-            hint = memory.load(settings.dsp.max_delay_ms) if auto else None
+            kept = memory.load(settings.dsp.max_delay_ms) if auto else None
             chain = _capture_chain(
-                settings, audio.output_rate, talk_over=self.voice_barge_in, delay_hint_ms=hint
+                settings, audio.output_rate, talk_over=self.voice_barge_in, kept=kept
             )
-            if hint is not None:
+            if kept is not None:
+                primed = " and the echo filter primed," if chain.primed else ","
                 log_event(
                     log,
                     logging.INFO,
                     "dsp_delay",
-                    f"echo reference aligned at {hint:.1f} ms, as found in the last run",
-                    delay_ms=hint,
+                    f"echo reference aligned at {kept.delay_ms:.1f} ms{primed} as found in "
+                    "the last run",
+                    delay_ms=kept.delay_ms,
                     remembered=True,
+                    primed=chain.primed,
                 )
 
+            # Kept on the loop in the order found, written off it (an fsync on an SD card can
+            # take a while): overlapping writes all write the latest.
             def delay_found(delay_ms: float, confidence: float) -> None:  # the loop's thread
                 _log_delay(delay_ms, confidence)
-                loop.run_in_executor(None, memory.save, delay_ms)
+                memory.keep(delay_ms)
+                loop.run_in_executor(None, memory.write)
 
             chain.on_delay = lambda delay_ms, confidence: self._call_threadsafe(
                 delay_found, delay_ms, confidence
             )
+
+            def keep_filter(delay_ms: float, path: np.ndarray) -> None:  # the loop's thread
+                memory.keep(delay_ms, path)
+                loop.run_in_executor(None, memory.write)
+
+            if auto:
+                chain.on_echo_path = lambda delay_ms, path: self._call_threadsafe(
+                    keep_filter, delay_ms, path
+                )
             echo_tally = chain.echo
             self.echo = EchoReport(lambda: echo_tally.tally, a.sample_rate)
             self.on_state.append(self.echo.on_state)
@@ -365,7 +382,7 @@ def voice_barge_in(settings: Settings) -> bool:
 
 
 def _capture_chain(
-    settings: Settings, out_rate: int, *, talk_over: bool, delay_hint_ms: float | None = None
+    settings: Settings, out_rate: int, *, talk_over: bool, kept: Remembered | None = None
 ) -> CaptureChain:
     a = settings.audio
     return CaptureChain(
@@ -376,7 +393,8 @@ def _capture_chain(
         options=DspOptions(**settings.dsp.model_dump()) if settings.dsp.enabled else None,
         out_rate=out_rate,
         talk_over=talk_over,
-        delay_hint_ms=delay_hint_ms,
+        delay_hint_ms=kept.delay_ms if kept is not None else None,
+        echo_path=kept.echo_path if kept is not None else None,
     )
 
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
+import numpy as np
+
 from kioskvoice.errors import KioskError
 
 __all__ = [
@@ -40,6 +42,8 @@ __all__ = [
 SPEEX_ECHO_GET_FRAME_SIZE = 3
 SPEEX_ECHO_SET_SAMPLING_RATE = 24
 SPEEX_ECHO_GET_SAMPLING_RATE = 25
+SPEEX_ECHO_GET_IMPULSE_RESPONSE_SIZE = 27
+SPEEX_ECHO_GET_IMPULSE_RESPONSE = 29
 
 SPEEX_PREPROCESS_SET_DENOISE = 0
 SPEEX_PREPROCESS_GET_DENOISE = 1
@@ -191,6 +195,25 @@ class EchoCanceller:
                 f"near and far must be bytes, got {type(near).__name__}, {type(far).__name__}"
             ) from exc
         return self._view
+
+    def echo_path(self) -> np.ndarray:
+        """The adapted filter as an impulse response (float64, ``filter_length`` rounded up to
+        whole frames): the echo of a unit reference sample, sample by sample.
+
+        Speex hands it out scaled by 32767 and its FFT window (two frames) in its floating
+        point build, which Debian and Raspberry Pi OS ship; tests/test_speex.py reads a known
+        path back to hold the installed library to that.
+        """
+        state = self._state
+        if state is None:
+            raise SpeexError("EchoCanceller is closed")
+        size = ctypes.c_int32(0)
+        if self._ctl(state, SPEEX_ECHO_GET_IMPULSE_RESPONSE_SIZE, ctypes.byref(size)) != 0:
+            raise SpeexError("speex_echo_ctl(SPEEX_ECHO_GET_IMPULSE_RESPONSE_SIZE) failed")
+        taps = (ctypes.c_int32 * size.value)()
+        if self._ctl(state, SPEEX_ECHO_GET_IMPULSE_RESPONSE, taps) != 0:
+            raise SpeexError("speex_echo_ctl(SPEEX_ECHO_GET_IMPULSE_RESPONSE) failed")
+        return np.frombuffer(taps, dtype=np.int32) / (32767.0 * 2 * self.frame_size)
 
     def reset(self) -> None:
         """Forget the adapted filter (e.g. after the reference path changed).
