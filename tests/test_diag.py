@@ -183,6 +183,35 @@ def test_mic_suspect_shows_until_mic_ok_or_a_restart() -> None:
     assert mic([*suspect, *_process(2, "config_loaded")])["suspect"] is False
 
 
+def test_echo_shows_how_the_newest_run_started() -> None:
+    """Whether the kiosk started with what its last run learnt of the room (the first reply's
+    talk-over depends on it): from the dsp_delay record, which a remembered start logs just
+    before config_loaded."""
+
+    def start(records: list[Record]) -> str | None:
+        return summarise(records).to_dict(running=True)["echo"]["start"]
+
+    def rec(event: str, pid: int, **fields: object) -> Record:
+        return Record(event=event, boot="b", pid=pid, **fields)  # type: ignore[arg-type]
+
+    fresh = [rec("config_loaded", 1), rec("dsp_delay", 1), rec("dsp_delay", 1)]
+    assert start(fresh) == "found"
+    primed = [rec("dsp_delay", 2, remembered=True, primed=True), rec("config_loaded", 2)]
+    assert start([*fresh, *primed]) == "primed"
+    assert start([*fresh, *primed, rec("dsp_delay", 2)]) == "primed"  # a realign later on
+    delay_only = [rec("dsp_delay", 3, remembered=True, primed=False), rec("config_loaded", 3)]
+    assert start([*primed, *delay_only]) == "remembered"
+    assert start([*primed, rec("config_loaded", 4)]) is None  # not from this run
+    counts = summarise([*fresh, *primed]).to_dict(running=True)
+    text = diag.render_text({"since": None, "running": True, "state": None, **counts})
+    assert "started with the last run's delay and echo filter" in text
+    entry = {"KIOSKVOICE_EVENT": "dsp_delay", "KIOSKVOICE_REMEMBERED": "true"}
+    assert project({**entry, "KIOSKVOICE_PRIMED": "false"}) == Record(
+        event="dsp_delay", remembered=True, primed=False
+    )
+    assert project({**entry, "KIOSKVOICE_PRIMED": "maybe"}).primed is None
+
+
 def test_empty_summary_renders() -> None:
     counts = summarise([]).to_dict(running=False)
     report = {"since": None, "running": False, "state": None, **counts}

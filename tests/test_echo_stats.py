@@ -118,7 +118,12 @@ def test_diag_shows_the_last_echo_figures() -> None:
         Record(event="echo_stats", erle_db=31.5, residual_dbfs=-70.2),
     ]
     counts = summarise(records).to_dict(running=False)
-    assert counts["echo"] == {"replies_measured": 2, "erle_db": 31.5, "residual_dbfs": -70.2}
+    assert counts["echo"] == {
+        "replies_measured": 2,
+        "erle_db": 31.5,
+        "residual_dbfs": -70.2,
+        "start": None,
+    }
     text = diag.render_text({"since": None, "running": False, "state": None, **counts})
     assert "echo:           last reply 31.5 dB reduction, residual -70 dBFS (2 replies" in text
     empty = summarise([]).to_dict(running=False)

@@ -53,6 +53,12 @@ class Record:
     dropped_frames: int | None = None
     erle_db: float | None = None
     residual_dbfs: float | None = None
+    remembered: bool | None = None
+    primed: bool | None = None
+
+
+def _flag(value: Any) -> bool | None:
+    return {"true": True, "false": False}.get(str(value)) if value is not None else None
 
 
 def _code(value: Any) -> str | None:
@@ -96,6 +102,8 @@ def project(entry: Mapping[str, Any]) -> Record | None:
         dropped_frames=_int(entry.get(f"{FIELD_PREFIX}DROPPED_FRAMES")),
         erle_db=_float(entry.get(f"{FIELD_PREFIX}ERLE_DB")),
         residual_dbfs=_float(entry.get(f"{FIELD_PREFIX}RESIDUAL_DBFS")),
+        remembered=_flag(entry.get(f"{FIELD_PREFIX}REMEMBERED")),
+        primed=_flag(entry.get(f"{FIELD_PREFIX}PRIMED")),
     )
 
 
@@ -120,6 +128,10 @@ class Summary:
     dropped_frames: dict[tuple[str, int], int] = field(default_factory=dict)
     mic_suspect: bool = False  # the newest mic_suspect has no mic_ok (or restart) after it
     echo: tuple[float, float] | None = None  # the newest echo_stats: (erle_db, residual_dbfs)
+    # How the newest process aligned its echo canceller: "primed" (the last run's delay and
+    # filter), "remembered" (its delay only), "found" (in a reply), None (not yet).
+    echo_start: str | None = None
+    echo_process: tuple[str, int] | None = None  # the process that said so
 
     def add(self, record: Record) -> None:
         self.records += 1
@@ -130,6 +142,13 @@ class Summary:
             case "config_loaded":
                 self.starts.append(process)
                 self.mic_suspect = False  # a new process counts silent turns afresh
+                if self.echo_process != process:  # (a remembered delay is logged before)
+                    self.echo_start = None
+            case "dsp_delay":
+                found = "primed" if record.primed else "remembered" if record.remembered else None
+                if found is None and self.echo_process == process and self.echo_start:
+                    found = self.echo_start  # a realign later in a run: it started as it did
+                self.echo_start, self.echo_process = found or "found", process
             case "mic_suspect" | "mic_ok":
                 self.mic_suspect = record.event == "mic_suspect"
             case "stopped":
@@ -195,6 +214,7 @@ class Summary:
                 "replies_measured": e["echo_stats"],
                 "erle_db": self.echo[0] if self.echo else None,
                 "residual_dbfs": self.echo[1] if self.echo else None,
+                "start": self.echo_start,
             },
             "errors": {
                 "total": sum(self.error_codes.values()),
@@ -432,6 +452,11 @@ def render_text(report: Mapping[str, Any]) -> str:
             f"last reply {echo['erle_db']:.1f} dB reduction, residual "
             f"{echo['residual_dbfs']:.0f} dBFS ({echo['replies_measured']} replies measured)"
         )
+    echo_line += {
+        "primed": "; started with the last run's delay and echo filter",
+        "remembered": "; started with the last run's delay (no filter kept)",
+        "found": "; delay found in a reply (nothing kept from a last run)",
+    }.get(echo.get("start") or "", "")
     lines = [
         f"kioskvoice diag: {report['records']} records since "
         f"{report['since'] or 'the start of the journal'}",
