@@ -8,7 +8,7 @@ visitor talking over it stood out late (at -30 dBFS, 10 dB under the echo: 1-4 s
 properties of the hardware and the room, so the kiosk keeps the last delay it found and the
 last filter that proved itself in ``echo.json`` in the service's state directory
 (``$STATE_DIRECTORY``, which systemd's ``StateDirectory=`` sets: ``/var/lib/kioskvoice``),
-and starts aligned with the filter primed (:func:`kioskvoice.dsp.chain.prime`). The chain
+and starts aligned with the filter primed (:func:`kioskvoice.dsp.echo_path.prime`). The chain
 still checks the delay against every reply and moves it when the hardware changed, as it
 would from nothing; a filter from another room is no worse a start than none (measured
 offline: the first reply's echo reduction and a visitor's latency as from nothing).

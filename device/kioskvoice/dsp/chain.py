@@ -15,8 +15,13 @@ Per block, in the capture thread:
 The same object runs live and offline (``kioskvoice dsp``): offline, each reference block is
 written just before the matching mic block is processed, exactly as in a full-duplex callback.
 
-Hot path: ``bytes`` go to libspeexdsp without conversion; numpy is used only for a channel mix,
-the post-chain gain and the resampler.
+Hot path: ``bytes`` go to libspeexdsp without conversion; numpy is used for a channel mix, the
+post-chain gain, the resampler, and the per-block measures beside the audio (echo figures,
+the double-talk gate with talk-over, the filter's proof with a memory to keep it in).
+
+With ``auto``, the filter of a run can start the next one (:mod:`kioskvoice.dsp.echo_path`):
+the chain offers it once it has proved itself (:attr:`CaptureChain.on_echo_path`), and primes
+a fresh canceller with one given at construction (``echo_path``).
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ from typing import Literal
 import numpy as np
 
 from .align import DelayEstimate, DelayEstimator, ReferenceFifo
+from .echo_path import FilterProof, prime
 from .echo_stats import EchoMeter
-from .gate import CLEAR, FAR_ACTIVE_DBFS, EchoGate
+from .gate import CLEAR, EchoGate
 from .level import BlockLevel, measure
 from .resample import Resampler
 from .speex import EchoCanceller, Preprocessor
@@ -42,7 +48,6 @@ __all__ = [
     "CaptureChain",
     "DspOptions",
     "PostGain",
-    "prime",
 ]
 
 MODEL_RATE = 24000
@@ -51,22 +56,6 @@ GUARD_MS = 10
 that it is never later than the echo (the filter's first taps cover the guard)."""
 ROOM_MS = 150
 """Room reverberation the echo filter covers after the direct path, with ``tail_ms="auto"``."""
-PRIME_S = 2.0
-"""Seconds of a synthetic far end played through a remembered echo path into a fresh echo
-filter (see :func:`prime`). Measured offline in the virtual room (distortion 0.3): 1 to 5 s
-all bring the first reply's echo reduction from 7-10 dB to 13-18 dB; longer priming settles
-the filter's step size and leaves a little less for the real voice to correct."""
-PATH_MIN_ERLE_DB = 6.0
-"""A filter is worth remembering when the canceller alone (before the residual echo
-suppression) takes at least this much off the kiosk's recent voice: an unconverged filter
-takes about 3 dB, a converged one 9-12 dB with a cheap speaker (distortion 0.3), 6-8 dB with
-a bad one (0.6), 20-30 dB with a clean one."""
-PATH_MIN_S = 3.0
-"""... and has heard at least this much of the kiosk's voice since it started afresh."""
-PATH_EVERY_S = 1800.0
-"""After the first, a filter is offered at most once per this much audio (an SD card need
-not be written after every reply: a room changes slowly)."""
-
 AgcMode = Literal["off", "speex", "post"]
 
 
@@ -216,37 +205,6 @@ def _picker(channels: int, channel: int | Sequence[int]) -> Callable[[bytes], by
     return mix
 
 
-def prime(echo: EchoCanceller, path: np.ndarray, *, seconds: float = PRIME_S) -> None:
-    """Train a fresh echo canceller on ``seconds`` of noise played through ``path`` (an
-    impulse response as from :meth:`EchoCanceller.echo_path`, at the canceller's rate), so that
-    it starts near where it was: the kiosk's first words after a start are cancelled as well as
-    its last ones before it. Seeded: the same path primes the same filter every time.
-
-    The noise ends in silence as long as the filter, with its echo dying away through
-    ``path``: the canceller's memory of the far end is then silent, as a real start's is.
-    (Without it, the first real blocks came out with the echo it predicts from the noise taken
-    away from them: a burst of 160 ms that the server's VAD took for a visitor.)
-
-    What primes it is synthetic: no sound of the room is kept anywhere, only its response.
-    """
-    n = echo.frame_size
-    count = max(1, round(seconds * echo.sample_rate / n)) * n
-    # Silence for as long as the canceller remembers far end (its filter), one frame more.
-    pad = (-(-max(len(path), echo.filter_length) // n) + 1) * n
-    lead = len(path)  # the path's own length of noise first, so the echo is whole from sample 0
-    noise = np.random.default_rng(0).standard_normal(lead + count + 1)
-    far = noise[1:] + 0.6 * noise[:-1]  # tilted toward the lows, as a voice is
-    far *= 32768.0 * 10.0 ** (-22.0 / 20.0) / float(np.std(far))  # a voice's level at the speaker
-    far = np.concatenate([far, np.zeros(pad)])
-    size = 1 << (len(far) + len(path) - 2).bit_length()
-    heard = np.fft.irfft(np.fft.rfft(far, size) * np.fft.rfft(path, size), size)
-    far_pcm = np.clip(np.rint(far[lead:]), -32768, 32767).astype(np.int16).tobytes()
-    heard_pcm = np.clip(np.rint(heard[lead : lead + count + pad]), -32768, 32767)
-    heard_bytes = heard_pcm.astype(np.int16).tobytes()
-    for start in range(0, 2 * (count + pad), 2 * n):
-        echo.cancel_into(heard_bytes[start : start + 2 * n], far_pcm[start : start + 2 * n])
-
-
 class CaptureChain:
     """Turns interleaved PCM16 blocks of ``channels`` channels at ``rate`` into 24 kHz mono.
 
@@ -259,8 +217,8 @@ class CaptureChain:
     last run, :mod:`kioskvoice.echo_memory`): the chain starts aligned there, and moves only
     if the kiosk's replies show it is wrong (ignored outside 0..``max_delay_ms``).
     ``echo_path``: the echo filter learnt at that delay (:attr:`on_echo_path` of the last run):
-    the filter is primed with it (:func:`prime`) and starts converged; ignored without a
-    ``delay_hint_ms`` that is taken.
+    the fresh filter is primed with it (:func:`~kioskvoice.dsp.echo_path.prime`) and starts
+    converged; ignored without a ``delay_hint_ms`` that is taken.
 
     Threads: :meth:`process` from the capture thread only, :meth:`far_end` from the playback
     thread only (the two may be the same thread).
@@ -302,12 +260,9 @@ class CaptureChain:
         (re-)aligns the reference."""
         self.on_echo_path: Callable[[float, np.ndarray], None] | None = None
         """Called from the capture thread with ``(delay_ms, path)`` when the echo filter has
-        proved itself (:data:`PATH_MIN_ERLE_DB` over about the last second of the kiosk's
-        voice, once it has heard :data:`PATH_MIN_S` of it since it started afresh; looked at
-        in a pause of half a second): the reference's alignment and the filter's impulse
-        response, for the next start's ``delay_hint_ms`` and ``echo_path``. The first time
-        after a start or a reset of the filter, then at most every :data:`PATH_EVERY_S` of
-        audio. A microphone that hears nothing of the kiosk (muted, unplugged) proves nothing."""
+        proved itself (:class:`~kioskvoice.dsp.echo_path.FilterProof`): the reference's
+        alignment and the filter's impulse response, for the next start's ``delay_hint_ms``
+        and ``echo_path``."""
         self.primed = False
         """The echo filter started from a remembered ``echo_path``."""
         self.echo = EchoMeter()
@@ -358,16 +313,7 @@ class CaptureChain:
         if hinted and echo_path is not None and len(echo_path):
             prime(self._echo, echo_path)
             self.primed = True
-        block_s = frame_ms / 1000
-        self._far_gate = 32768.0 * 32768.0 * 10.0 ** (FAR_ACTIVE_DBFS / 10.0)  # mean square
-        self._path_pause = round(0.5 / block_s)
-        self._path_min = round(PATH_MIN_S / block_s)
-        self._path_every = round(PATH_EVERY_S / block_s)
-        self._path_decay = math.exp(-block_s)  # energies over about the last second
-        # A mic hearing the kiosk's voice at least this loud (mean square per sample, over the
-        # decaying sums): -60 dBFS, far under any echo, far over a muted capture's zeros.
-        self._path_heard_floor = 32768.0**2 * 1e-6 * self.frame / (1.0 - self._path_decay)
-        self._fresh_filter()
+        self._proof = FilterProof(self.frame, frame_ms)
         self._pre = Preprocessor(
             self.frame,
             rate,
@@ -438,7 +384,7 @@ class CaptureChain:
         ref = fifo.read(self.frame)
         if fifo.jump:
             self._echo.reset()  # the reference moved under the filter: start afresh
-            self._fresh_filter()
+            self._proof.reset()
             if self.gate is not None:
                 self.gate.reset()
             if self._estimator is not None:
@@ -448,8 +394,8 @@ class CaptureChain:
             if estimate is not None:
                 self._realign(estimate)
         cancelled = self._echo.cancel_into(mono, ref)  # the preprocessor leaves it as it is
-        if self.on_echo_path is not None:
-            self._watch_filter(mono, ref, cancelled)
+        if self.on_echo_path is not None and self._proof.proved(mono, ref, cancelled):
+            self._offer_filter()
         out = self._pre.run(cancelled)
         self.echo.add(mono, ref, out, self._pre.speech_probability)
         if self.gate is not None:
@@ -482,7 +428,7 @@ class CaptureChain:
         if wanted != fifo.delay and not early <= estimate.lag <= late:
             fifo.set_delay(wanted)
             self._echo.reset()
-            self._fresh_filter()
+            self._proof.reset()
             if self.gate is not None:
                 self.gate.reset()  # the filter starts afresh: so does what the gate expects of it
             assert self._estimator is not None
@@ -491,42 +437,11 @@ class CaptureChain:
             if self.on_delay is not None:
                 self.on_delay(self.delay_ms, estimate.confidence)
 
-    def _fresh_filter(self) -> None:
-        """The echo filter starts afresh: what it proved so far no longer counts."""
-        self._path_heard = 0  # far-end blocks since
-        self._path_mic = self._path_left = 0.0  # decaying energies: mic, canceller's output
-        self._path_quiet = 0
-        self._path_since = self._path_every  # blocks since the last offer: the next is free
-
-    def _watch_filter(self, mono: bytes, ref: bytes, cancelled: memoryview) -> None:
-        """Follow the canceller's own echo reduction; offer the filter in a pause once it
-        has proved itself (see :attr:`on_echo_path`)."""
-        self._path_since += 1
-        far = np.frombuffer(ref, dtype=np.int16).astype(np.float32)
-        if float(np.dot(far, far)) >= self._far_gate * far.size:
-            mic = np.frombuffer(mono, dtype=np.int16).astype(np.float32)
-            left = np.frombuffer(cancelled, dtype=np.int16).astype(np.float32)
-            # A visitor talking over the kiosk only lowers the figure: a filter is then not
-            # offered, never a worse one.
-            decay = self._path_decay
-            self._path_mic = decay * self._path_mic + float(np.dot(mic, mic))
-            self._path_left = decay * self._path_left + float(np.dot(left, left))
-            self._path_heard += 1
-            self._path_quiet = 0
-            return
-        self._path_quiet += 1
-        if (
-            self._path_quiet != self._path_pause
-            or self._path_heard < self._path_min
-            or self._path_since < self._path_every
-            or self._path_mic < self._path_heard_floor
-            or self._path_mic < self._path_left * 10.0 ** (PATH_MIN_ERLE_DB / 10.0)
-        ):
-            return
+    def _offer_filter(self) -> None:
         path = self._echo.echo_path()
         if not np.all(np.isfinite(path)) or not np.any(path):
             return
-        self._path_since = 0
+        self._proof.offered()
         assert self.on_echo_path is not None
         aligned_ms = (self._fifo.delay + self._guard) * 1000 / self.rate
         self.on_echo_path(aligned_ms, path)
