@@ -383,3 +383,55 @@ async def test_without_the_dsp_the_kiosk_says_voice_barge_in_is_off(
     line = next(x for x in log.splitlines() if "voice_barge_in is off" in x)
     assert line.startswith("warning" if wanted else "info"), line
     assert "voice barge-in on" not in log
+
+
+async def test_a_fresh_install_learns_its_room_before_the_first_visitor(tmp_path: Path) -> None:
+    """Nothing kept of the room yet (an empty state directory): the kiosk plays its soft
+    calibration sound once at start, finds the delay and proves a filter in it, and keeps
+    them, so that its first reply is talked over as in service (offline over many moments:
+    tests/test_echo_memory.py). The next start is primed and plays nothing."""
+    state = tmp_path / "state"
+    state.mkdir()
+    question, _ = say_file(tmp_path / "question.wav", QUESTION)
+    out = tmp_path / "speaker.wav"
+    spec = f"{ROOM},out={out}"
+    devices = {"input_device": spec, "output_device": spec}
+    hands_free = {"mode": "hands_free"}
+    async with Simulator() as sim:
+        kiosk = await start(sim, tmp_path, question, state_dir=state, audio=devices,
+                            interaction=hands_free)  # fmt: skip
+        deadline = time.monotonic() + 15
+        while "echo_path" not in ((state / FILE).read_text() if (state / FILE).exists() else ""):
+            assert time.monotonic() < deadline, "no filter kept"
+            await asyncio.sleep(0.2)
+        log = await kiosk.stop()
+    assert "4 s of soft noise to learn it" in log, log
+    played, rate = recorded(out)
+    loud = np.nonzero(np.abs(played) > 100)[0]
+    assert 3.5 * rate < loud[-1] - loud[0] < 4.1 * rate  # the sound, whole, and nothing else
+    async with Simulator() as sim:
+        kiosk = await start(sim, tmp_path, question, state_dir=state, audio=devices,
+                            interaction=hands_free)  # fmt: skip
+        await asyncio.sleep(1.0)
+        log = await kiosk.stop()
+    assert "and the echo filter primed" in log and "soft noise" not in log, log
+    assert not np.any(recorded(out)[0]), "a primed kiosk plays nothing at start"
+
+
+async def test_a_press_stops_the_calibration_sound(tmp_path: Path) -> None:
+    """The visitor comes first: a press during the sound silences it, and the beep and the
+    question follow at once."""
+    state = tmp_path / "state"
+    state.mkdir()
+    async with Simulator() as sim:
+        sim.reply_more = LONG[:60]
+        _kiosk, log, out, _ = await converse(tmp_path, sim, ROOM, None, state_dir=state)
+        done = sim.sessions[0].sent_of_type("response.done")
+    assert "calibration sound cut by a press" in log, log
+    assert [d["response"]["status"] for d in done] == ["completed"], log
+    played, rate = recorded(out)
+    loud = np.nonzero(np.abs(played) > 100)[0]
+    # Noise from the start, cut within a block or two of the press (0.3 s of readiness
+    # before it at most), then the beep: no 4 s of noise before the visitor's beep.
+    first_gap = silent_from(played, rate, int(loud[0]), hold_s=0.05)
+    assert first_gap is not None and first_gap - loud[0] < 2.0 * rate, (first_gap, loud[0])

@@ -22,6 +22,7 @@ from . import jobs
 from .audio.player import Player
 from .audio.resilient import ResilientAudio, room_of
 from .audio.streams import FrameQueue
+from .calibration import Calibration
 from .config import Settings
 from .dsp.chain import CaptureChain, DspOptions
 from .echo_memory import EchoMemory, Remembered
@@ -248,6 +249,16 @@ class App:
                 frames.push_threadsafe((process(block), level(block)))
 
             audio.start(captured, player, chain.far_end)
+            calibration = None
+            if (
+                auto
+                and settings.dsp.calibrate
+                and chain.gate is not None
+                and not chain.primed
+                and memory.path is not None  # without a place to keep it: every start
+            ):
+                calibration = Calibration(player, chain)
+                self.on_state.append(calibration.on_state)
             log_event(log, logging.INFO, "config_loaded", "kiosk started")
             self.ready.set()
             # READY once config is loaded and devices are open; the link may still be
@@ -268,6 +279,8 @@ class App:
                         name="metrics",
                     )
                     tasks.create_task(self._wait_stop(), name="stop")
+                    if calibration is not None:
+                        tasks.create_task(calibration.run(), name="calibration")
             except* _Stop:
                 pass
         finally:
@@ -390,7 +403,9 @@ def _capture_chain(
         channels=a.input_channels,
         channel=a.channel,
         frame_ms=a.frame_ms,
-        options=DspOptions(**settings.dsp.model_dump()) if settings.dsp.enabled else None,
+        options=DspOptions(**settings.dsp.model_dump(exclude={"calibrate"}))
+        if settings.dsp.enabled
+        else None,
         out_rate=out_rate,
         talk_over=talk_over,
         delay_hint_ms=kept.delay_ms if kept is not None else None,

@@ -161,6 +161,11 @@ class DspSettings(_Section):
     """Most gain the ``post`` leveller applies."""
     max_delay_ms: Annotated[int, Field(ge=50, le=1000)] = 500
     """Longest delay ``auto`` searches for."""
+    calibrate: bool = True
+    """With voice barge-in on, ``auto`` delay and nothing kept of this room yet (a fresh
+    install, new audio devices, ``echo.json`` deleted), the kiosk plays 4 s of soft noise
+    once at start so that its echo canceller has learnt the room before the first visitor
+    talks over it. Off: it learns in the first reply, where talking over it works late."""
 
 
 class InteractionSettings(_Section):

@@ -274,6 +274,7 @@ class CaptureChain:
         speaks. None: every verdict is CLEAR."""
         self.verdict = CLEAR
         """The gate's verdict on the last block (see :mod:`kioskvoice.dsp.gate`)."""
+        self._relearn = False
         self._dsp = self.options.enabled
         if not self._dsp:
             return
@@ -379,8 +380,19 @@ class CaptureChain:
             ms += self.options.max_delay_ms
         return -(-ms // self.frame_ms)
 
+    def relearn_gate(self) -> None:
+        """What the gate learnt of the echo no longer stands for what comes (it was learnt on
+        a calibration sound, not a voice): it learns afresh from the next far end, as after a
+        reset of the filter, which keeps what it learnt. Any thread; takes effect at the next
+        block."""
+        self._relearn = True
+
     def _run(self, mono: bytes) -> bytes:
         fifo = self._fifo
+        if self._relearn:
+            self._relearn = False
+            if self.gate is not None:
+                self.gate.reset()
         ref = fifo.read(self.frame)
         if fifo.jump:
             self._echo.reset()  # the reference moved under the filter: start afresh
