@@ -34,6 +34,7 @@ import numpy as np
 
 from .audio.player import Player
 from .dsp.chain import CaptureChain
+from .dsp.echo_path import tilted_noise
 from .events import State
 from .system.logging import log_event
 
@@ -52,10 +53,7 @@ FADE_S = 0.3
 
 def calibration_sound(seconds: float = SECONDS, rate: int = RATE) -> bytes:
     """Seeded noise tilted toward the lows (as a voice is), faded in and out: PCM16 mono."""
-    n = int(seconds * rate)
-    white = np.random.default_rng(16).standard_normal(n + 1)
-    noise = white[1:] + 0.6 * white[:-1]
-    noise *= 32768.0 * 10.0 ** (LEVEL_DBFS / 20.0) / float(np.std(noise))
+    noise = tilted_noise(int(seconds * rate), seed=16, rms_dbfs=LEVEL_DBFS)
     fade = int(FADE_S * rate)
     ramp = 0.5 - 0.5 * np.cos(np.linspace(0.0, np.pi, fade))
     noise[:fade] *= ramp

@@ -19,7 +19,15 @@ import numpy as np
 from .gate import FAR_ACTIVE_DBFS
 from .speex import EchoCanceller
 
-__all__ = ["PATH_EVERY_S", "PATH_MIN_ERLE_DB", "PATH_MIN_S", "PRIME_S", "FilterProof", "prime"]
+__all__ = [
+    "PATH_EVERY_S",
+    "PATH_MIN_ERLE_DB",
+    "PATH_MIN_S",
+    "PRIME_S",
+    "FilterProof",
+    "prime",
+    "tilted_noise",
+]
 
 PRIME_S = 2.0
 """Seconds of a synthetic far end played through a remembered echo path into a fresh echo
@@ -36,6 +44,17 @@ PATH_MIN_S = 3.0
 PATH_EVERY_S = 1800.0
 """After the first, a filter is offered at most once per this much audio (an SD card need
 not be written after every reply: a room changes slowly)."""
+
+
+def tilted_noise(n: int, *, seed: int, rms_dbfs: float) -> np.ndarray:
+    """``n`` samples of seeded noise tilted toward the lows, as a voice is (a first-order
+    filter, +4 dB at the lowest frequencies against -8 dB at the highest), scaled to an RMS of
+    ``rms_dbfs`` of PCM16 full scale: float64, not clipped. The same seed gives the same noise.
+    """
+    white = np.random.default_rng(seed).standard_normal(n + 1)
+    noise = white[1:] + 0.6 * white[:-1]
+    noise *= 32768.0 * 10.0 ** (rms_dbfs / 20.0) / float(np.std(noise))
+    return noise
 
 
 def prime(echo: EchoCanceller, path: np.ndarray, *, seconds: float = PRIME_S) -> None:
@@ -56,9 +75,7 @@ def prime(echo: EchoCanceller, path: np.ndarray, *, seconds: float = PRIME_S) ->
     # Silence for as long as the canceller remembers far end (its filter), one frame more.
     pad = (-(-max(len(path), echo.filter_length) // n) + 1) * n
     lead = len(path)  # the path's own length of noise first, so the echo is whole from sample 0
-    noise = np.random.default_rng(0).standard_normal(lead + count + 1)
-    far = noise[1:] + 0.6 * noise[:-1]  # tilted toward the lows, as a voice is
-    far *= 32768.0 * 10.0 ** (-22.0 / 20.0) / float(np.std(far))  # a voice's level at the speaker
+    far = tilted_noise(lead + count, seed=0, rms_dbfs=-22.0)  # a voice's level at the speaker
     far = np.concatenate([far, np.zeros(pad)])
     size = 1 << (len(far) + len(path) - 2).bit_length()
     heard = np.fft.irfft(np.fft.rfft(far, size) * np.fft.rfft(path, size), size)
