@@ -18,6 +18,7 @@ from kioskvoice.audio.room import RoomDevice
 from kioskvoice.calibration import calibration_sound
 from kioskvoice.dsp import speex
 from kioskvoice.dsp.chain import CaptureChain, DspOptions
+from kioskvoice.dsp.echo_path import PATH_BETTER_DB, FilterProof
 from kioskvoice.dsp.gate import VISITOR
 from kioskvoice.echo_memory import FILE, MAX_BYTES, EchoMemory, Remembered
 from kioskvoice.sim.voice import synthesize
@@ -373,3 +374,36 @@ def test_a_fresh_install_that_calibrated_hears_a_quiet_visitor_as_in_service() -
 
     assert in_time(calibrated) >= in_time(in_service) - 1, (calibrated, in_service)
     assert in_time(fresh) <= in_time(calibrated) - 3, fresh  # what the sound is for
+
+
+def test_a_filter_that_learnt_better_is_offered_again_soon() -> None:
+    """A filter first proved on little audio is replaced once the canceller does
+    PATH_BETTER_DB better, long before PATH_EVERY_S; one a little better is not offered (the
+    SD card is not written after every reply)."""
+    frame, frame_ms = 320, 20
+    proof = FilterProof(frame, frame_ms)
+    rng = np.random.default_rng(5)
+    silence = bytes(2 * frame)
+
+    def stretch(erle_db: float, seconds: float = 4.0) -> int:
+        """The kiosk speaks for ``seconds`` with the canceller taking ``erle_db`` off, then a
+        second's pause; how many offers."""
+        offers = 0
+        for _ in range(int(seconds * 1000 / frame_ms)):
+            far = rng.standard_normal(frame) * 3000
+            ref = far.astype(np.int16).tobytes()
+            left = (far * 10 ** (-erle_db / 20)).astype(np.int16).tobytes()
+            assert not proof.proved(ref, ref, left)
+        for _ in range(50):
+            if proof.proved(silence, silence, silence):
+                proof.offered()
+                offers += 1
+        return offers
+
+    assert stretch(4.0) == 0  # not worth keeping
+    assert stretch(7.0) == 1  # the first proof after a start
+    assert stretch(8.5) == 0  # better, but not by PATH_BETTER_DB
+    assert stretch(7.0 + PATH_BETTER_DB + 0.5) == 1
+    assert stretch(7.0 + PATH_BETTER_DB + 0.5) == 0
+    proof.reset()  # the filter started afresh: its first proof is free again
+    assert stretch(7.0) == 1

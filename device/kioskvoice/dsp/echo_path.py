@@ -20,6 +20,7 @@ from .gate import FAR_ACTIVE_DBFS
 from .speex import EchoCanceller
 
 __all__ = [
+    "PATH_BETTER_DB",
     "PATH_EVERY_S",
     "PATH_MIN_ERLE_DB",
     "PATH_MIN_S",
@@ -43,7 +44,13 @@ PATH_MIN_S = 3.0
 """... and has heard at least this much of the kiosk's voice since it started afresh."""
 PATH_EVERY_S = 1800.0
 """After the first, a filter is offered at most once per this much audio (an SD card need
-not be written after every reply: a room changes slowly)."""
+not be written after every reply: a room changes slowly) ..."""
+PATH_BETTER_DB = 3.0
+"""... unless it takes at least this much more off the kiosk's voice than the last one
+offered since the start: a filter first proved on little audio (the calibration sound cut by
+a press, a first short reply) is replaced as soon as the canceller has learnt better, not half
+an hour of speech later. Each such offer must beat the last by this much, so they are few
+(the figure cannot rise past what the room allows: 10-12 dB with a cheap speaker)."""
 
 
 def tilted_noise(n: int, *, seed: int, rms_dbfs: float) -> np.ndarray:
@@ -92,7 +99,8 @@ class FilterProof:
     second of the kiosk's voice, it has heard :data:`PATH_MIN_S` of that voice since it
     started afresh, and the far end has just been quiet for half a second (a pause: the
     filter is not read mid-word). The first time after a start or :meth:`reset`, then at most
-    every :data:`PATH_EVERY_S` of audio. A microphone that hears nothing of the kiosk (muted,
+    every :data:`PATH_EVERY_S` of audio, or sooner when it does :data:`PATH_BETTER_DB` better
+    than the last one offered. A microphone that hears nothing of the kiosk (muted,
     unplugged) proves nothing.
     """
 
@@ -107,6 +115,7 @@ class FilterProof:
         # decaying sums): -60 dBFS, far under any echo, far over a muted capture's zeros.
         self._heard_floor = 32768.0**2 * 1e-6 * frame / (1.0 - self._decay)
         self._erle = 10.0 ** (PATH_MIN_ERLE_DB / 10.0)
+        self._better = 10.0 ** (PATH_BETTER_DB / 10.0)
         self.reset()
 
     def reset(self) -> None:
@@ -115,10 +124,13 @@ class FilterProof:
         self._mic = self._left = 0.0  # decaying energies: mic, canceller's output
         self._quiet = 0
         self._since = self._every  # blocks since the last offer: the next is free
+        self._offered_erle = math.inf  # mic over output energy of the last offer (none yet)
 
     def offered(self) -> None:
-        """The filter was offered: the next offer waits :data:`PATH_EVERY_S`."""
+        """The filter was offered: the next offer waits :data:`PATH_EVERY_S`, or for a filter
+        :data:`PATH_BETTER_DB` better."""
         self._since = 0
+        self._offered_erle = self._mic / max(self._left, 1.0)
 
     def proved(self, mic: bytes, ref: bytes, cancelled: bytes | memoryview) -> bool:
         """One block: the canceller's input, the aligned reference and its output (read
@@ -139,7 +151,10 @@ class FilterProof:
         return (
             self._quiet == self._pause
             and self._heard >= self._min
-            and self._since >= self._every
             and self._mic >= self._heard_floor
             and self._mic >= self._left * self._erle
+            and (
+                self._since >= self._every
+                or self._mic >= self._left * self._offered_erle * self._better
+            )
         )
