@@ -10,6 +10,10 @@ daemon-level tests (``tests/test_voice_bargein.py``) run the same room in real t
 
 from __future__ import annotations
 
+import math
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -19,6 +23,7 @@ from kioskvoice.dsp.chain import CaptureChain, DspOptions
 from kioskvoice.dsp.gate import VISITOR
 from kioskvoice.sim.voice import synthesize
 from scenes import issue_16_rooms
+from test_echo_memory import talk_over_latencies
 
 try:
     speex._library()
@@ -103,3 +108,28 @@ def test_a_visitor_ten_db_under_the_echo_is_found(room: str, seconds_in: float) 
     # Measured 80-160 ms. Issue 16 asks for the speaker's silence within 500 ms; the flush
     # after the verdict takes a block or two more.
     assert latency_ms <= 400
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng's voices")
+def test_a_quiet_visitor_is_found_in_time_whoever_the_kiosk_speaks_with(
+    tmp_path: Path,
+) -> None:
+    """Acceptance 2 over many moments and voices (a kiosk in service): how soon a visitor 10
+    dB under the echo stands out depends on what the kiosk says and how it sounds. Four of
+    espeak-ng's voices, two rooms, ten moments 3 to 7.5 s into the reply."""
+    rooms = issue_16_rooms(tmp_path)
+    moments = range(150, 400, 25)
+    latencies = [
+        latency
+        for name in ("synthetic", "small")
+        for voice in ("en-us+m7", "en+f3", "en+m3", "en-gb")
+        for latency in talk_over_latencies(
+            moments, None, in_service=True, room=rooms[name], voice=voice
+        )
+    ]
+    late = sum(t > 500 for t in latencies)
+    print(f"{late} of {len(latencies)} later than 500 ms: {sorted(latencies)}")
+    assert -math.inf not in latencies  # never a visitor before they spoke
+    # Measured: 3 of 80 late (median 148 ms, the slowest 828 ms). Each band predicted from
+    # the whole reference only, with both signals standing out in the same block: 10 of 80.
+    assert late <= 6

@@ -289,16 +289,19 @@ def talk_over_latencies(
     *,
     in_service: bool = False,
     calibrated: bool = False,
+    room: str = ROOM,
+    voice: str | None = None,
 ) -> list[float]:
     """A visitor at -30 dBFS (10 dB under the echo) talks over a reply ``moments`` blocks into
-    it, in the acceptance room: the first reply after a start (with ``hint`` and ``path``), or
-    (``in_service``) the reply after the first one, in the same run. Returns ms from their
-    onset to the gate's first VISITOR (inf: never; -inf: a VISITOR before they spoke)."""
+    it, in ``room`` (the acceptance's): the first reply after a start (with ``hint`` and
+    ``path``), or (``in_service``) the reply after the first one, in the same run; the kiosk
+    speaks in espeak-ng's ``voice``. Returns ms from their onset to the gate's first VISITOR
+    (inf: never; -inf: a VISITOR before they spoke)."""
     rate, block = 16000, 320
-    reply = np.frombuffer(synthesize(SECOND_REPLY, rate), "<i2")
+    reply = np.frombuffer(synthesize(SECOND_REPLY, rate, voice), "<i2")
     before = np.zeros(0, np.int16)
     if in_service:  # the first reply, then a second of quiet
-        before = np.frombuffer(synthesize(FIRST_REPLY, rate), "<i2")
+        before = np.frombuffer(synthesize(FIRST_REPLY, rate, voice), "<i2")
         before = np.concatenate([before, np.zeros(rate + -len(before) % block, np.int16)])
     if calibrated:
         sound = np.frombuffer(calibration_sound(rate=rate), np.int16)
@@ -309,7 +312,7 @@ def talk_over_latencies(
     onset = int(np.nonzero(np.abs(voice) > 300)[0][0])
     latencies = []
     for at in moments:
-        device = RoomDevice(f"{ROOM},visitor_db=-30", rate=rate, channels=1, frame_ms=20)
+        device = RoomDevice(f"{room},visitor_db=-30", rate=rate, channels=1, frame_ms=20)
         chain = chain_of(hint, path, talk_over=True)
         verdicts = []
         at += skip

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import math
+import shutil
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -726,6 +727,9 @@ def test_synthesize_speech_is_pcm16() -> None:
     assert len(pcm) % 2 == 0
     assert voice.synthesize("   ", RATE) == b""
     assert voice.synthesize("Hello there.", 16000) != pcm
+    if shutil.which(voice.ESPEAK_EXECUTABLE):  # espeak-ng's voices (the tones have none)
+        other = voice.synthesize("Hello there.", RATE, "en-us+m7")
+        assert other and other != pcm
 
 
 @pytest.mark.usefixtures("fresh_voice_cache")

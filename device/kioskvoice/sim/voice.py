@@ -30,13 +30,15 @@ _FADE_S = 0.005
 
 
 @functools.lru_cache(maxsize=64)
-def synthesize(text: str, rate: int = 24000) -> bytes:
-    """Render ``text`` as PCM16 LE mono at ``rate`` Hz.
+def synthesize(text: str, rate: int = 24000, voice: str | None = None) -> bytes:
+    """Render ``text`` as PCM16 LE mono at ``rate`` Hz, in espeak-ng's ``voice`` (a name as
+    ``espeak-ng --voices`` lists them, with an optional ``+variant``: ``en-us+m7``; default, or
+    a name espeak-ng does not know: espeak-ng's own).
 
     Uses ``espeak-ng --stdout`` when it is installed and works; otherwise (or when it fails or
     times out) falls back to a beep pattern whose beep count and lengths follow the words, so
     different texts still sound different. Whitespace-only text yields ``b""``. Results are
-    cached per ``(text, rate)``; call ``synthesize.cache_clear()`` after changing
+    cached per ``(text, rate, voice)``; call ``synthesize.cache_clear()`` after changing
     :data:`ESPEAK_EXECUTABLE`. Blocking (runs a subprocess): call it off the event loop.
     """
     if rate <= 0:
@@ -46,16 +48,16 @@ def synthesize(text: str, rate: int = 24000) -> bytes:
     executable = shutil.which(ESPEAK_EXECUTABLE)
     if executable is not None:
         try:
-            return _espeak(executable, text, rate)
+            return _espeak(executable, text, rate, voice)
         except (OSError, subprocess.SubprocessError, ValueError) as exc:
             log.warning("espeak-ng failed (%s); falling back to tones", type(exc).__name__)
     return _tones(text, rate)
 
 
-def _espeak(executable: str, text: str, rate: int) -> bytes:
+def _espeak(executable: str, text: str, rate: int, voice: str | None) -> bytes:
     # Text goes through stdin so that text starting with "-" is never parsed as an option.
     proc = subprocess.run(
-        [executable, "--stdout"],
+        [executable, "--stdout", *(["-v", voice] if voice else [])],
         input=text.encode("utf-8"),
         capture_output=True,
         timeout=_ESPEAK_TIMEOUT_S,
