@@ -89,13 +89,16 @@ async def converse(
     warm_up: str | None = None,
     state_dir: Path | None = None,
     linger_s: float = 0.0,
+    idle_s: float = 0.0,
 ):
     """A conversation in ``room``: the visitor asks (hands-free: after a press; push-to-talk:
     holding the button), the kiosk answers at length, and (``talk_over_at`` s into the reply)
     the visitor talks over it. ``warm_up`` (hands-free): the kiosk has answered once before,
     with that text, as a kiosk in service always has but for its first reply after a start.
     ``state_dir``: the daemon's state directory (what it remembers across restarts).
-    ``linger_s``: how long the daemon runs on after the conversation."""
+    ``linger_s``: how long the daemon runs on after the conversation. ``idle_s``: how long
+    the kiosk stands idle after its start before the visitor's press (a fresh install plays its
+    calibration sound then)."""
     out = tmp_path / "speaker.wav"
     spec = f"{room},out={out}"
     question, _ = say_file(tmp_path / "question.wav", QUESTION)
@@ -114,6 +117,7 @@ async def converse(
     after_reply = "listening" if mode == "hands_free" else "idle"
     said_at = None
     try:
+        await asyncio.sleep(idle_s)
         await kiosk.ctl("press")
         await asyncio.sleep(0.5)  # after the listening beep
         if warm_up is not None:

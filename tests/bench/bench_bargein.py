@@ -10,7 +10,9 @@ daemon in hands-free mode against the simulator:
   and p95 over N runs (a visitor the gate never finds counts as a miss). On a kiosk in
   service (it has answered once before: the issue's target), in the first reply after a
   restart (it starts with the echo delay and filter of its last run), and in the first reply
-  of a fresh install (the echo canceller and the gate still learning the room);
+  of a fresh install (an empty state directory: it plays its calibration sound at start and
+  stands idle for :data:`IDLE_S` before the first visitor presses, as an installed kiosk
+  does; the gate still learns the reply's echo);
 - self-interruptions per 10 minutes of replies: minute-long replies with nobody talking over
   them, in turn in the three rooms of the acceptance (tests/scenes.py: the synthetic one, a
   small dry and a reverberant one); every barge-in, or extra ``speech_started`` (beyond the
@@ -38,13 +40,19 @@ from scenes import issue_16_rooms
 from test_voice_bargein import LONG, ROOM, WARM_UP, converse, recorded, silent_from
 
 MINUTE = " ".join([LONG] * 4)  # over 60 s of reply (the acceptance's; three times LONG is 51 s)
+IDLE_S = 5.5  # the calibration sound (4 s), its echo dying away, the gate relearning
 
 
 async def talk_over(
-    tmp: Path, visitor_db: int, warm: bool, state: Path | None = None, at: float = 3.0
+    tmp: Path,
+    visitor_db: int,
+    warm: bool,
+    state: Path | None = None,
+    at: float = 3.0,
+    idle_s: float = 0.0,
 ) -> float | None:
-    """One talk-over, ``at`` s into the reply; the latency in seconds, or None when the
-    visitor was not found."""
+    """One talk-over, ``at`` s into the reply, after ``idle_s`` s standing idle; the latency
+    in seconds, or None when the visitor was not found."""
     async with Simulator() as sim:
         sim.reply_more = LONG
         try:
@@ -55,6 +63,7 @@ async def talk_over(
                 at,
                 warm_up=WARM_UP if warm else None,
                 state_dir=state,
+                idle_s=idle_s,
             )
         except TimeoutError:
             return None
@@ -92,14 +101,20 @@ async def latencies(runs: int, visitor_db: int, warm: bool, restart: bool = Fals
     kept = tempfile.TemporaryDirectory()  # the same devices (out= path) and state each run
     state = Path(kept.name) / "state"
     state.mkdir()
-    if restart and runs:
+    if restart and runs:  # installed: it calibrated, then answered once
         with contextlib.suppress(TimeoutError):
-            await talk_over(Path(kept.name), visitor_db, warm, state)
+            await talk_over(Path(kept.name), visitor_db, warm, state, idle_s=IDLE_S)
     for i in range(runs):
         with tempfile.TemporaryDirectory() as tmp:
             where = Path(kept.name) if restart else Path(tmp)
             at = 3.0 + 0.2 * (i % 8)
-            latency = await talk_over(where, visitor_db, warm, state if restart else None, at)
+            if restart:
+                latency = await talk_over(where, visitor_db, warm, state, at)
+            elif warm:
+                latency = await talk_over(where, visitor_db, warm, None, at)
+            else:  # a fresh install: an empty state directory of its own
+                (where / "state").mkdir()
+                latency = await talk_over(where, visitor_db, warm, where / "state", at, IDLE_S)
         if latency is None:
             misses += 1
         else:
