@@ -117,14 +117,18 @@ def test_a_quiet_visitor_is_found_in_time_whoever_the_kiosk_speaks_with(
     """Acceptance 2 over many moments and voices (a kiosk in service): how soon a visitor 10
     dB under the echo stands out depends on what the kiosk says and how it sounds. Four of
     espeak-ng's voices, two rooms, ten moments 3 to 7.5 s into the reply."""
+    voices = ("en-us+m7", "en+f3", "en+m3", "en-gb")
+    heard = {synthesize(REPLY, RATE, voice) for voice in voices}
+    if len(heard) < len(voices):  # the tones, or an espeak-ng without these voices
+        pytest.skip(f"espeak-ng does not speak in all of {voices}")
     rooms = issue_16_rooms(tmp_path)
     moments = range(150, 400, 25)
     latencies = [
         latency
         for name in ("synthetic", "small")
-        for voice in ("en-us+m7", "en+f3", "en+m3", "en-gb")
+        for voice in voices
         for latency in talk_over_latencies(
-            moments, None, in_service=True, room=rooms[name], voice=voice
+            moments, None, in_service=True, room=rooms[name], kiosk_voice=voice
         )
     ]
     late = sum(t > 500 for t in latencies)

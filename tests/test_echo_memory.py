@@ -290,18 +290,18 @@ def talk_over_latencies(
     in_service: bool = False,
     calibrated: bool = False,
     room: str = ROOM,
-    voice: str | None = None,
+    kiosk_voice: str | None = None,
 ) -> list[float]:
     """A visitor at -30 dBFS (10 dB under the echo) talks over a reply ``moments`` blocks into
     it, in ``room`` (the acceptance's): the first reply after a start (with ``hint`` and
     ``path``), or (``in_service``) the reply after the first one, in the same run; the kiosk
-    speaks in espeak-ng's ``voice``. Returns ms from their onset to the gate's first VISITOR
+    speaks in espeak-ng's ``kiosk_voice``. Returns ms from their onset to the gate's first VISITOR
     (inf: never; -inf: a VISITOR before they spoke)."""
     rate, block = 16000, 320
-    reply = np.frombuffer(synthesize(SECOND_REPLY, rate, voice), "<i2")
+    reply = np.frombuffer(synthesize(SECOND_REPLY, rate, kiosk_voice), "<i2")
     before = np.zeros(0, np.int16)
     if in_service:  # the first reply, then a second of quiet
-        before = np.frombuffer(synthesize(FIRST_REPLY, rate, voice), "<i2")
+        before = np.frombuffer(synthesize(FIRST_REPLY, rate, kiosk_voice), "<i2")
         before = np.concatenate([before, np.zeros(rate + -len(before) % block, np.int16)])
     if calibrated:
         sound = np.frombuffer(calibration_sound(rate=rate), np.int16)

@@ -49,7 +49,7 @@ PATH_BETTER_DB = 3.0
 """... unless it takes at least this much more off the kiosk's voice than the last one
 offered since the start: a filter first proved on little audio (the calibration sound cut by
 a press, a first short reply) is replaced as soon as the canceller has learnt better, not half
-an hour of speech later. Each such offer must beat the last by this much, so they are few
+an hour later. Each such offer must beat the last by this much, so they are few
 (the figure cannot rise past what the room allows: 10-12 dB with a cheap speaker)."""
 
 
@@ -155,6 +155,6 @@ class FilterProof:
             and self._mic >= self._left * self._erle
             and (
                 self._since >= self._every
-                or self._mic >= self._left * self._offered_erle * self._better
+                or self._mic >= max(self._left, 1.0) * self._offered_erle * self._better
             )
         )

@@ -43,9 +43,11 @@ residual almost whole (measured: 2-6 dB under the microphone), and that scores l
 The canceller's own output has no such swings (its residual follows the room), but a voice
 stands out less in it. A visitor is in both; a suppressor's lapse only in one. So a visitor
 opens the gate with a score over ``open_db`` in the output *and* over ``cancelled_open_db``
-in the canceller's output, in the same block or (when the output stood out in the block before
-too) in one of the ``cancelled_window`` - 1 before; once open, the output alone keeps it open
-(over ``hold_db``).
+in the canceller's output, in the same block or, when the output's score was over ``hold_db``
+in the block before too, in one of the ``cancelled_window`` - 1 before; once open, the output
+alone keeps it open (over ``hold_db``). (A score is already the smaller of two blocks' excess:
+opening on an earlier block of the canceller's needs the output's excess over ``open_db`` in
+this block and the last, and over ``hold_db`` in the one before.)
 
 Measured offline in the virtual room of issue 16 (echo -20 dBFS, distortion 0.3, delay 60 ms;
 the real room device and chain, the chain's resets included), on 30 minutes of reply in
@@ -82,13 +84,15 @@ within ``window`` blocks of each level class.
 
 After a reset (a fresh echo filter, also when the delay is first found) the gate learns for
 ``warmup`` far-end blocks, and each level class for half that, before it trusts a score (until
-then its verdict is UNSURE): an unconverged canceller passes the echo almost whole. So in a
-kiosk's very first reply after installation (the canceller learning the room, and reset once
-more when the delay is found) a quiet visitor stands out late: at -30 dBFS 3 s in, after 1-4
-s or not at all (4 of 10 in make bench). After a restart the chain starts from the last run's
-delay and echo filter (:mod:`kioskvoice.echo_memory`): offline, such a visitor is found within
-500 ms at 7 of 8 moments of the first reply, as in service (8 of 8), where the delay alone
-gave 1 of 8. A press always interrupts at once.
+then its verdict is UNSURE): an unconverged canceller passes the echo almost whole. So in the
+first reply after a start, a quiet visitor is heard from about 1.5 s in. A canceller that
+learnt nothing of the room yet passed the echo almost whole for seconds more: in a kiosk's
+very first reply after installation such a visitor, 3 s in, stood out after 1-4 s or not at
+all (4 of 10 in make bench, the earlier rule), hence the calibration sound
+(:mod:`kioskvoice.calibration`) and the last run's delay and filter at every start
+(:mod:`kioskvoice.echo_memory`); with them, the daemon (make bench, the rule above) silences
+the kiosk for such a visitor within 290 ms in a fresh install's first reply (10 of 10) and,
+but for one at 530 ms, within 290 ms after a restart. A press always interrupts at once.
 
 Pure and cheap: one real FFT of three rows per block (512 points at 16 kHz), no clock, no
 I/O.
@@ -174,7 +178,8 @@ class EchoGate:
     @property
     def residual_db(self) -> float:
         """The learnt residual in the chain's output, averaged over the bands: output band
-        energy over the recent reference energy, dB (0 before anything was learnt)."""
+        energy over what the recent reference predicts of it (see the module docstring), dB
+        (0 before anything was learnt)."""
         return float(np.mean(self._ratio[:, 0])) if self._ratio is not None else 0.0
 
     def reset(self) -> None:
@@ -275,9 +280,10 @@ class EchoGate:
         playing = self._recent[-1] >= self._far_gate
         # To open, the visitor must stand out in both signals; once open, in the output alone.
         # A voice stands out less in the canceller's output and not always in the very block
-        # it does in the output: a block or two before counts too, if the output has stood out
-        # for two blocks running (a residual burst at the end of a loud syllable reaches the
-        # canceller's output a block before the output's suppressor lets it through).
+        # it does in the output: a block or two before counts too, if the output's score was
+        # over hold_db in the last block as well (a residual burst at the end of a loud
+        # syllable reaches the canceller's output a block before the suppressor lets it
+        # through, and is gone from the output's score a block later).
         self._cancelled_recent.append(self.cancelled_score)
         if self._latched:
             hit = self.score > self._hold

@@ -32,8 +32,9 @@ _FADE_S = 0.005
 @functools.lru_cache(maxsize=64)
 def synthesize(text: str, rate: int = 24000, voice: str | None = None) -> bytes:
     """Render ``text`` as PCM16 LE mono at ``rate`` Hz, in espeak-ng's ``voice`` (a name as
-    ``espeak-ng --voices`` lists them, with an optional ``+variant``: ``en-us+m7``; default, or
-    a name espeak-ng does not know: espeak-ng's own).
+    ``espeak-ng --voices`` lists them, with an optional ``+variant``: ``en-us+m7``; default:
+    espeak-ng's own; a name it does not know gives its own voice, or the tones where it
+    refuses the name).
 
     Uses ``espeak-ng --stdout`` when it is installed and works; otherwise (or when it fails or
     times out) falls back to a beep pattern whose beep count and lengths follow the words, so
