@@ -35,12 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
+from kioskvoice import calibration
 from kioskvoice.sim import Simulator
 from scenes import issue_16_rooms
 from test_voice_bargein import LONG, ROOM, WARM_UP, converse, recorded, silent_from
 
 MINUTE = " ".join([LONG] * 4)  # over 60 s of reply (the acceptance's; three times LONG is 51 s)
-IDLE_S = 5.5  # the calibration sound (4 s) and its echo dying away (0.5 s), with a margin
+IDLE_S = calibration.SECONDS + calibration.ECHO_S + 1.0  # the sound, its echo, a margin
 
 
 async def talk_over(

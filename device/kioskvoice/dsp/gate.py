@@ -206,8 +206,8 @@ class EchoGate:
         """The echo now lasts ``echo_blocks`` (the delay was found or moved)."""
         self._recent = collections.deque(self._recent, maxlen=max(1, echo_blocks))
 
-    def _band_db(self, *blocks: bytes | memoryview) -> np.ndarray:
-        """Band energies of PCM16 blocks of one length, dB: one row per block."""
+    def _band_power(self, *blocks: bytes | memoryview) -> np.ndarray:
+        """Band energies of PCM16 blocks of one length: one row per block."""
         samples = np.frombuffer(b"".join(blocks), dtype=np.int16).astype(np.float32)
         samples = samples.reshape(len(blocks), -1)
         size = samples.shape[1]
@@ -223,7 +223,7 @@ class EchoGate:
         _, nfft, window, edges = self._layout
         spectrum = np.fft.rfft(samples * window, nfft, axis=1)
         power = spectrum.real**2 + spectrum.imag**2
-        return _db(np.add.reduceat(power, edges[:-1], axis=1)[:, : len(edges) - 1])
+        return np.add.reduceat(power, edges[:-1], axis=1)[:, : len(edges) - 1]
 
     def judge(self, ref: bytes, cancelled: bytes | memoryview, out: bytes) -> int:
         """One block: ``ref`` the aligned reference, ``cancelled`` the echo canceller's output
@@ -234,7 +234,7 @@ class EchoGate:
         far = np.frombuffer(ref, dtype=np.int16).astype(np.float32)
         self._recent.append(float(np.dot(far, far)) / max(1, far.size))
         if max(self._recent) < self._far_gate:
-            self._track_floor(self._band_db(out, cancelled))
+            self._track_floor(_db(self._band_power(out, cancelled)))
             self._last = np.full(2, -np.inf)
             self._since_hit, self._latched = self._hangover + 1, False
             self._echo_energy = self._band_energy = 0.0
@@ -242,10 +242,9 @@ class EchoGate:
             self._last_score = -np.inf
             self.verdict = CLEAR
             return CLEAR
-        far_db, *heard = self._band_db(ref, out, cancelled)
-        heard_db = np.array(heard)
+        bands = self._band_power(ref, out, cancelled)
+        far_energy, heard_db = bands[0], _db(bands[1:])
         self._track_floor(heard_db)
-        far_energy = 10.0 ** (far_db / 10.0)
         self._echo_energy = float(np.sum(far_energy)) + self._decay * self._echo_energy
         self._band_energy = far_energy + self._decay * self._band_energy
         echo_db = 10.0 * math.log10(max(self._echo_energy, 1e-2))
